@@ -1,0 +1,1 @@
+"""revalidator data plane: what runs on a target (probes, inference backends, the harness)."""

@@ -1,0 +1,84 @@
+"""The runner lifecycle: activate (load), infer in batches, deactivate (release).
+
+Backends fill three small hooks. A runner is cheap to construct and picklable until it
+is activated; the heavy session or module is built in `activate`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class ArtifactError(ValueError):
+    """A model artifact cannot be loaded or does not fit its data; the message says which and why."""
+
+
+class Runner(ABC):
+    name = "base"
+
+    def __init__(self, path: str | Path, options: dict[str, Any]) -> None:
+        self.path = Path(path)
+        self.options = dict(options)
+        self.active = False
+
+    # -- hooks ------------------------------------------------------------------------------
+    @abstractmethod
+    def _load(self) -> None:
+        """Build the session/module; raise ArtifactError on a bad artifact."""
+
+    @abstractmethod
+    def _input_names(self) -> list[str]:
+        """Names of the model's inputs, in call order."""
+
+    @abstractmethod
+    def _infer(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        """Run one batch and return the first output as a numpy array."""
+
+    def _release(self) -> None:
+        """Drop the session/module (default: nothing to do)."""
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def activate(self) -> "Runner":
+        if not self.path.is_file():
+            raise ArtifactError(f"{self.path}: model artifact not found")
+        self._load()
+        self.active = True
+        return self
+
+    def deactivate(self) -> None:
+        if self.active:
+            self._release()
+            self.active = False
+
+    def __enter__(self) -> "Runner":
+        return self.activate()
+
+    def __exit__(self, *exc: object) -> None:
+        self.deactivate()
+
+    @property
+    def input_names(self) -> list[str]:
+        return self._input_names()
+
+    def infer_all(self, inputs: dict[str, np.ndarray], batch_size: int) -> np.ndarray:
+        """Run every row through the model in batches; returns the stacked first output."""
+        missing = [n for n in self.input_names if n not in inputs]
+        if missing:
+            raise ArtifactError(
+                f"{self.path}: model inputs {missing} are not in the evaluation data (it has {sorted(inputs)})"
+            )
+        names = self.input_names
+        rows = len(inputs[names[0]])
+        out: np.ndarray | None = None
+        for start in range(0, rows, batch_size):
+            batch = {n: inputs[n][start : start + batch_size] for n in names}
+            result = self._infer(batch)
+            if out is None:  # allocate once, when the output shape is known
+                out = np.empty((rows, *result.shape[1:]), dtype=result.dtype)
+            out[start : start + len(result)] = result
+        assert out is not None
+        return out

@@ -1,0 +1,94 @@
+"""Checks: tolerances fixed in advance, judged on the aggregate and on every slice value.
+
+Each check reads a GroupStats and returns (baseline, candidate, breached, statistic). For
+output-comparison checks the "baseline" is the value the baseline scores against itself
+(agreement 1, KL 0, ...), so `delta` always reads as candidate minus baseline.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from runners.contracts import FAIL, INSUFFICIENT, PASS, CheckResult, CheckSpec
+from runners.metrics import GroupStats
+from runners.stats import mcnemar_p, wilson_interval
+
+# Slack for float round-off, so that a value equal to its tolerance passes.
+_EPS = 1e-12
+
+Judgement = tuple[float, float, bool, dict[str, float]]
+Judge = Callable[[GroupStats, float, float], Judgement]
+
+
+def _accuracies(s: GroupStats) -> tuple[float, float]:
+    n = max(s.n, 1)
+    return s.correct_baseline / n, s.correct_candidate / n
+
+
+def _paired_evidence(s: GroupStats) -> dict[str, float]:
+    return {"mcnemar_p": mcnemar_p(s.baseline_only, s.candidate_only),
+            "baseline_only": s.baseline_only, "candidate_only": s.candidate_only}
+
+
+def _max_drop(s: GroupStats, limit: float, confidence: float) -> Judgement:
+    base, cand = _accuracies(s)
+    return base, cand, base - cand > limit + _EPS, _paired_evidence(s)
+
+
+def _max_relative_drop(s: GroupStats, limit: float, confidence: float) -> Judgement:
+    base, cand = _accuracies(s)
+    relative = (base - cand) / base if base > 0 else 0.0
+    evidence = _paired_evidence(s) | {"relative_drop": relative}
+    return base, cand, relative > limit + _EPS, evidence
+
+
+def _min_accuracy(s: GroupStats, limit: float, confidence: float) -> Judgement:
+    base, cand = _accuracies(s)
+    low, high = wilson_interval(s.correct_candidate, s.n, confidence)
+    return base, cand, cand < limit - _EPS, {"wilson_low": low, "wilson_high": high}
+
+
+def _min_agreement(s: GroupStats, limit: float, confidence: float) -> Judgement:
+    agreement = s.agree / max(s.n, 1)
+    low, high = wilson_interval(s.agree, s.n, confidence)
+    return 1.0, agreement, agreement < limit - _EPS, {"wilson_low": low, "wilson_high": high}
+
+
+def _upper(field: str, ideal: float) -> Judge:
+    def judge(s: GroupStats, limit: float, confidence: float) -> Judgement:
+        value = getattr(s, field)
+        return ideal, value, value > limit + _EPS, {}
+    return judge
+
+
+def _lower(field: str, ideal: float) -> Judge:
+    def judge(s: GroupStats, limit: float, confidence: float) -> Judgement:
+        value = getattr(s, field)
+        return ideal, value, value < limit - _EPS, {}
+    return judge
+
+
+CHECKS: dict[str, Judge] = {
+    "max_drop": _max_drop,
+    "max_relative_drop": _max_relative_drop,
+    "min_accuracy": _min_accuracy,
+    "min_agreement": _min_agreement,
+    "max_mean_kl": _upper("kl", 0.0),
+    "max_abs_diff": _upper("max_abs", 0.0),
+    "max_mean_abs_diff": _upper("mean_abs", 0.0),
+    "min_cosine": _lower("cosine", 1.0),
+}
+NEEDS_LABELS = frozenset({"max_drop", "max_relative_drop", "min_accuracy"})
+
+
+def judge(check: CheckSpec, dimension: str, value: str, stats: GroupStats,
+          min_slice_size: int, confidence: float) -> CheckResult:
+    """Judge one check on one slice; a slice smaller than min_slice_size is `insufficient`."""
+    base, cand, breached, statistic = CHECKS[check.name](stats, check.limit, confidence)
+    if stats.n < min_slice_size:
+        verdict = INSUFFICIENT
+    else:
+        verdict = FAIL if breached else PASS
+    return CheckResult(check=check.name, dimension=dimension, value=value, n=stats.n,
+                       baseline=base, candidate=cand, delta=cand - base, tolerance=check.limit,
+                       verdict=verdict, statistic=statistic)

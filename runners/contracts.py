@@ -1,0 +1,122 @@
+"""Plain, picklable data exchanged between the control plane and a target.
+
+This module imports nothing heavy: the scheduler builds a JobSpec, ships it to a
+Ray task on the target, and receives a JobResult back. Both carry a schema
+version so that a daemon and its workers can tell when they disagree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+CONTRACT_VERSION = 1
+
+# Verdicts, from worst to best; a candidate's verdict is the worst of its checks.
+FAIL = "fail"
+ERROR = "error"
+INSUFFICIENT = "insufficient"
+PASS = "pass"
+VERDICT_ORDER = (FAIL, ERROR, INSUFFICIENT, PASS)
+
+AGGREGATE_DIMENSION = "all"
+
+
+@dataclass(frozen=True)
+class ArtifactSpec:
+    """A model file and the runner that loads it."""
+
+    path: str
+    runner: str
+    quantization: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CheckSpec:
+    """One tolerance, fixed in advance: e.g. metric "accuracy", kind "max_drop", limit 0.02."""
+
+    name: str
+    limit: float
+
+
+@dataclass(frozen=True)
+class SuiteSpec:
+    """What to evaluate and how to judge it."""
+
+    name: str
+    data: str
+    task: str
+    slices: tuple[str, ...]
+    checks: tuple[CheckSpec, ...]  # judged on the aggregate
+    slice_checks: tuple[CheckSpec, ...] | None = None  # judged on every slice value; None: same as checks
+    min_slice_size: int = 30
+    confidence: float = 0.95
+    insufficient_blocks_gate: bool = False
+    output_kind: str = "logits"  # or "probabilities"
+
+    def checks_for(self, dimension: str) -> tuple[CheckSpec, ...]:
+        if dimension == AGGREGATE_DIMENSION or self.slice_checks is None:
+            return self.checks
+        return self.slice_checks
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One (target, model, candidate, suite) evaluation, complete enough to run anywhere."""
+
+    job_id: str
+    target: str
+    model: str
+    candidate: str
+    baseline: ArtifactSpec
+    candidate_artifact: ArtifactSpec
+    suite: SuiteSpec
+    runner_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    batch_size: int = 1024
+    trigger: str = "manual"
+    config_hash: str = ""
+    version: int = CONTRACT_VERSION
+
+
+@dataclass
+class CheckResult:
+    """The judgement of one check on one slice."""
+
+    check: str
+    dimension: str
+    value: str
+    n: int
+    baseline: float | None
+    candidate: float | None
+    delta: float | None
+    tolerance: float
+    verdict: str
+    statistic: dict[str, float] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return self.verdict == PASS
+
+
+@dataclass
+class JobResult:
+    """What a target sends back: verdicts, the evidence, and how to reproduce it."""
+
+    job_id: str
+    status: str  # "finished" or "error"
+    verdict: str
+    checks: list[CheckResult] = field(default_factory=list)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    error_kind: str | None = None  # "input" for bad artifacts/data, "internal" otherwise
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    version: int = CONTRACT_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def worst_verdict(verdicts: list[str] | tuple[str, ...]) -> str:
+    """The worst verdict in the list (PASS for an empty list)."""
+    rank = {v: i for i, v in enumerate(VERDICT_ORDER)}
+    return min(verdicts, key=lambda v: rank[v], default=PASS)

@@ -1,0 +1,123 @@
+"""The validation harness: what one job does on its target.
+
+Probe the stack, hash every input, run baseline then candidate over the same rows in
+batches, compare them per slice, judge every check, and return a JobResult with the
+verdicts and the provenance needed to reproduce them. Never raises: a failure becomes
+the job's error, classified as bad input or internal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runners.backends import ArtifactError, make_runner
+from runners.checks import NEEDS_LABELS, judge
+from runners.contracts import (ERROR, FAIL, INSUFFICIENT, PASS, AGGREGATE_DIMENSION, ArtifactSpec,
+                               CheckResult, JobResult, JobSpec, SuiteSpec, worst_verdict)
+from runners.data import DataError, EvalData, load_eval_data
+from runners.metrics import row_metrics, slice_stats
+from runners.probe import probe_stack
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_path(path: str | Path) -> str | None:
+    """sha256 of a file, or of a directory's files in name order (calibration sets are often folders)."""
+    path = Path(path)
+    if path.is_file():
+        return sha256_file(path)
+    if path.is_dir():
+        digest = hashlib.sha256()
+        for child in sorted(p for p in path.rglob("*") if p.is_file()):
+            digest.update(str(child.relative_to(path)).encode() + sha256_file(child).encode())
+        return digest.hexdigest()
+    return None
+
+
+def run_model(artifact: ArtifactSpec, options: dict[str, Any], data: EvalData, batch_size: int) -> np.ndarray:
+    """Load one model, run every row in batches, release it."""
+    with make_runner(artifact.runner, artifact.path, options) as runner:
+        return runner.infer_all(data.inputs, batch_size)
+
+
+def judge_outputs(baseline: np.ndarray, candidate: np.ndarray, data: EvalData,
+                  suite: SuiteSpec) -> list[CheckResult]:
+    """Every check on the aggregate and on every value of every slice dimension."""
+    if data.labels is None:
+        needing = sorted({c.name for c in suite.checks + (suite.slice_checks or ()) if c.name in NEEDS_LABELS})
+        if needing:
+            raise DataError(f"{suite.data}: checks {needing} need a 'labels' array, and the file has none")
+    rows = row_metrics(baseline, candidate, data.labels, suite.output_kind)
+    results = []
+    for (dimension, value), stats in slice_stats(rows, data.slices).items():
+        for check in suite.checks_for(dimension):
+            results.append(judge(check, dimension, value, stats, suite.min_slice_size, suite.confidence))
+    return results
+
+
+def candidate_verdict(checks: list[CheckResult], suite: SuiteSpec) -> str:
+    """Fail if any check fails anywhere. Insufficient slices are always reported; they block
+    the gate only when the aggregate itself is insufficient or the suite says they must."""
+    verdicts = [c.verdict for c in checks]
+    if FAIL in verdicts:
+        return FAIL
+    aggregate = [c.verdict for c in checks if c.dimension == AGGREGATE_DIMENSION]
+    if INSUFFICIENT in aggregate or (suite.insufficient_blocks_gate and INSUFFICIENT in verdicts):
+        return INSUFFICIENT
+    return worst_verdict([v for v in verdicts if v != INSUFFICIENT]) if verdicts else PASS
+
+
+def provenance(spec: JobSpec, fingerprint: dict[str, Any]) -> dict[str, Any]:
+    """Everything needed to audit and reproduce the run."""
+    calibration = spec.candidate_artifact.quantization.get("calibration_set")
+    return {
+        "baseline": {"path": spec.baseline.path, "runner": spec.baseline.runner,
+                     "sha256": sha256_path(spec.baseline.path)},
+        "candidate": {"path": spec.candidate_artifact.path, "runner": spec.candidate_artifact.runner,
+                      "sha256": sha256_path(spec.candidate_artifact.path)},
+        "quantization": dict(spec.candidate_artifact.quantization),
+        "calibration_set_sha256": sha256_path(calibration) if calibration else None,
+        "suite": {"name": spec.suite.name, "data": spec.suite.data, "data_sha256": sha256_path(spec.suite.data),
+                  "task": spec.suite.task, "slices": list(spec.suite.slices),
+                  "checks": {c.name: c.limit for c in spec.suite.checks},
+                  "slice_checks": {c.name: c.limit for c in spec.suite.checks_for("slice")},
+                  "min_slice_size": spec.suite.min_slice_size, "confidence": spec.suite.confidence},
+        "runner_options": spec.runner_options,
+        "batch_size": spec.batch_size,
+        "config_hash": spec.config_hash,
+        "fingerprint": fingerprint,
+    }
+
+
+def run_job(spec: JobSpec) -> JobResult:
+    """Run one job end to end on this machine."""
+    started = time.time()
+    result = JobResult(job_id=spec.job_id, status="error", verdict=ERROR, started_at=started)
+    try:
+        fingerprint = probe_stack()
+        result.provenance = provenance(spec, fingerprint)
+        data = load_eval_data(spec.suite.data, spec.suite.slices)
+        outputs = [run_model(a, spec.runner_options.get(a.runner, {}), data, spec.batch_size)
+                   for a in (spec.baseline, spec.candidate_artifact)]
+        result.checks = judge_outputs(*outputs, data, spec.suite)
+        result.verdict = candidate_verdict(result.checks, spec.suite)
+        result.status = "finished"
+    except (ArtifactError, DataError) as exc:
+        result.error, result.error_kind = str(exc), "input"
+    except Exception as exc:  # anything else inside a job is that job's internal error
+        result.error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"
+        result.error_kind = "internal"
+    result.finished_at = time.time()
+    return result

@@ -1,0 +1,1 @@
+"""revalidator control plane: config, planning, dispatch, ledger, CLI. Never imports torch/onnxruntime/tensorrt."""

@@ -1,0 +1,188 @@
+"""The `revalidator` command line: a thin layer that builds one config and calls the library.
+
+Exit codes: 0 all gates pass, 1 a gate failed, 2 bad input (config, arguments, artifacts,
+data), 3 an internal or infrastructure error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any, Callable
+
+from scheduler.config import ConfigError, LoadedConfig, load_config
+from scheduler.validate import EXIT_BAD_INPUT, EXIT_GATE_FAILED, EXIT_INTERNAL, EXIT_PASS
+
+DEFAULT_CONFIG = "targets.yaml"
+
+
+class UsageError(Exception):
+    """Bad arguments detected after parsing (exit 2)."""
+
+
+def _load(args: argparse.Namespace, check_files: bool = True) -> LoadedConfig:
+    return load_config(args.config, check_files=check_files)
+
+
+def _print_json(document: Any) -> None:
+    print(json.dumps(document, indent=2, default=str))
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    cfg = _load(args).config
+    candidates = sum(len(m.candidates) for m in cfg.models.values())
+    print(f"{args.config}: ok: {len(cfg.targets)} target(s), {len(cfg.models)} model(s) with {candidates} "
+          f"candidate(s), {len(cfg.suites)} suite(s)")
+    return EXIT_PASS
+
+
+def cmd_fingerprint(args: argparse.Namespace) -> int:
+    from runners.probe import probe_stack
+
+    stack = probe_stack()
+    if args.json:
+        _print_json(stack)
+    else:
+        for key, value in stack["components"].items():
+            print(f"{key:24} {value}")
+        print(f"{'fingerprint':24} {stack['hash']}")
+    return EXIT_PASS
+
+
+def _progress(done: int, total: int, record: Any) -> None:
+    spec, result = record.spec, record.result
+    print(f"[{done}/{total}] {spec.model}/{spec.candidate} on {spec.target}: {result.verdict}"
+          f" ({result.finished_at - result.started_at:.1f}s)", file=sys.stderr, flush=True)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from scheduler.dispatch import RayDispatcher
+    from scheduler.ledger import Ledger
+    from scheduler.planning import SelectionError, plan
+    from scheduler import report as render
+    from scheduler.validate import run_validation
+
+    loaded = _load(args)
+    try:
+        jobs = plan(loaded, target=args.target, model=args.model, trigger="manual")
+    except SelectionError as exc:
+        raise UsageError(str(exc)) from exc
+    if not jobs:
+        raise UsageError(f"nothing to validate in {args.config} for the given --target/--model")
+    ledger = Ledger(loaded.config.ledger, loaded.base_dir)
+    dispatcher = RayDispatcher(loaded)
+    show_progress = sys.stderr.isatty() and not args.json
+    if show_progress:
+        print(f"starting Ray and {len(jobs)} job(s)...", file=sys.stderr, flush=True)
+    dispatcher.start()
+    try:
+        result = run_validation(loaded, jobs, ledger, dispatcher, progress=_progress if show_progress else None)
+    finally:
+        dispatcher.shutdown()
+        ledger.close()
+    if args.json:
+        _print_json(render.document(result))
+    else:
+        print(render.human(result, verbose=not args.quiet))
+    return result.exit_code()
+
+
+def _ledger(args: argparse.Namespace):
+    from scheduler.ledger import Ledger
+
+    loaded = _load(args, check_files=False)
+    return Ledger(loaded.config.ledger, loaded.base_dir)
+
+
+def _when(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts)) if ts else "-"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    gates = _ledger(args).gates()
+    if args.json:
+        _print_json({"version": 1, "gates": gates})
+    elif not gates:
+        print("no finished runs in the ledger yet")
+    else:
+        print(f"{'model':20} {'candidate':22} {'target':14} {'gate':13} {'finished (UTC)':20} run")
+        for g in gates:
+            print(f"{g['model']:20} {g['candidate']:22} {g['target']:14} {g['verdict'] or 'error':13} "
+                  f"{_when(g['finished_at']):20} {g['run_id'][:8]}")
+    if not gates:
+        return EXIT_PASS
+    return EXIT_PASS if all(g["verdict"] == "pass" for g in gates) else EXIT_GATE_FAILED
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    rows = _ledger(args).history(limit=args.limit, model=args.model, target=args.target)
+    if args.json:
+        _print_json({"version": 1, "runs": rows})
+        return EXIT_PASS
+    for r in rows:
+        print(f"{_when(r['created_at'])}  {r['run_id'][:8]}  {r['trigger']:8} {r['target']:14} {r['model']:16} "
+              f"{r['candidate']:22} {r['status']:9} {r['verdict'] or '-'}")
+    return EXIT_PASS
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    ledger = _ledger(args)
+    matches = [r for r in ledger.history(limit=100_000) if r["run_id"].startswith(args.run_id)]
+    if len(matches) != 1:
+        raise UsageError(f"run id {args.run_id!r} matches {len(matches)} runs in the ledger")
+    _print_json(ledger.run(matches[0]["run_id"]))
+    return EXIT_PASS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="revalidator", description="Re-validate quantized models against their "
+                                     "full-precision baselines on every hardware target.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("-c", "--config", default=os.environ.get("REVALIDATOR_CONFIG", DEFAULT_CONFIG),
+                       help="config file (default: $REVALIDATOR_CONFIG or targets.yaml)")
+        p.set_defaults(func=func)
+        return p
+
+    add("check-config", cmd_check_config, "validate the config file and exit")
+    add("fingerprint", cmd_fingerprint, "probe this machine's stack").add_argument("--json", action="store_true")
+    p = add("validate", cmd_validate, "run every applicable (target, model, candidate, suite) now")
+    p.add_argument("--target", help="only this target")
+    p.add_argument("--model", help="only this model")
+    p.add_argument("--json", action="store_true", help="print the versioned JSON document")
+    p.add_argument("-q", "--quiet", action="store_true", help="only verdicts and failures, no per-slice table")
+    add("status", cmd_status, "current gate per model, candidate and target").add_argument("--json", action="store_true")
+    p = add("history", cmd_history, "recent runs from the ledger")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--model")
+    p.add_argument("--target")
+    p.add_argument("--json", action="store_true")
+    add("report", cmd_report, "one run's checks and provenance from the ledger (JSON)").add_argument("run_id")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from scheduler.dispatch import InfrastructureError
+    from scheduler.ledger import LedgerError
+
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print("\n".join(f"error: {e}" for e in exc.errors), file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (InfrastructureError, LedgerError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

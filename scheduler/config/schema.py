@@ -1,0 +1,153 @@
+"""The shape of targets.yaml (version 1), as pydantic models that reject unknown keys."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+RUNNERS = ("onnxruntime", "torch")
+TASKS = ("classification",)
+CHECK_NAMES = ("max_drop", "max_relative_drop", "min_accuracy", "min_agreement",
+               "max_mean_kl", "max_abs_diff", "max_mean_abs_diff", "min_cosine")
+# Checks whose limit is a proportion in [0, 1]; the others are non-negative magnitudes.
+PROPORTION_CHECKS = ("max_drop", "max_relative_drop", "min_accuracy", "min_agreement", "min_cosine")
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class OnnxRuntimeOptions(Strict):
+    providers: list[Literal["CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider",
+                            "OpenVINOExecutionProvider", "ROCMExecutionProvider", "DnnlExecutionProvider"]] = \
+        Field(default_factory=lambda: ["CPUExecutionProvider"], min_length=1)
+    intra_op_threads: int | None = Field(default=None, ge=0, le=1024)
+    inter_op_threads: int | None = Field(default=None, ge=0, le=1024)
+    allow_spinning: bool = True
+
+
+class TorchOptions(Strict):
+    device: str = Field(default="cpu", pattern=r"^(cpu|cuda(:\d+)?)$")
+    threads: int | None = Field(default=None, ge=1, le=1024)
+
+
+class RunnerOptions(Strict):
+    onnxruntime: OnnxRuntimeOptions = Field(default_factory=OnnxRuntimeOptions)
+    torch: TorchOptions = Field(default_factory=TorchOptions)
+
+
+class Placement(Strict):
+    """Where a target's jobs run: this process's local Ray, a Ray custom resource, or node labels."""
+
+    resource: str | None = Field(default=None, min_length=1)
+    labels: dict[str, str] | None = None
+
+    @model_validator(mode="after")
+    def one_kind(self) -> "Placement":
+        if (self.resource is None) == (self.labels is None):
+            raise ValueError("give exactly one of 'resource' or 'labels'")
+        return self
+
+
+class Target(Strict):
+    where: Literal["local"] | Placement = "local"
+    runners: list[Literal[RUNNERS]] = Field(min_length=1)  # type: ignore[valid-type]
+    options: RunnerOptions = Field(default_factory=RunnerOptions)
+    batch_size: int | None = Field(default=None, ge=1, le=1_000_000)
+    max_concurrent_jobs: int = Field(default=1, ge=1, le=1024)
+
+
+class Quantization(Strict):
+    method: str = Field(min_length=1)
+    weight_bits: int = Field(ge=1, le=32)
+    activation_bits: int | None = Field(default=None, ge=1, le=32)
+    calibration_set: str | None = None
+    tool: str | None = None
+    tool_version: str | None = None
+
+
+class Artifact(Strict):
+    path: str = Field(min_length=1)
+    runner: Literal[RUNNERS]  # type: ignore[valid-type]
+
+
+class Candidate(Artifact):
+    quantization: Quantization
+
+
+class Model(Strict):
+    baseline: Artifact
+    candidates: dict[str, Candidate] = Field(min_length=1)
+    suites: list[str] = Field(min_length=1)
+    targets: list[str] | None = None  # None: every target that offers the runners
+
+    @field_validator("candidates")
+    @classmethod
+    def candidate_names(cls, value: dict[str, Candidate]) -> dict[str, Candidate]:
+        _check_names(value)
+        return value
+
+
+Checks = dict[Literal[CHECK_NAMES], float]  # type: ignore[valid-type]
+
+
+class Suite(Strict):
+    data: str = Field(min_length=1)
+    task: Literal[TASKS]  # type: ignore[valid-type]
+    slices: list[str] = Field(min_length=1)
+    checks: Checks = Field(min_length=1)
+    slice_checks: Checks | None = None
+    min_slice_size: int = Field(default=30, ge=1)
+    confidence: float = Field(default=0.95, gt=0, lt=1)
+    insufficient_blocks_gate: bool = False
+    output: Literal["logits", "probabilities"] = "logits"
+
+    @field_validator("checks", "slice_checks")
+    @classmethod
+    def limits_in_range(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        for name, limit in (value or {}).items():
+            if limit < 0 or (name in PROPORTION_CHECKS and limit > 1):
+                bound = "between 0 and 1" if name in PROPORTION_CHECKS else "non-negative"
+                raise ValueError(f"{name}: tolerance {limit} must be {bound}")
+        return value
+
+
+class Schedule(Strict):
+    """Used by the daemon; validated here so that one file configures both."""
+
+    poll_interval_seconds: float = Field(default=300, gt=0)
+    nightly: str = "0 2 * * *"
+    misfire_grace_seconds: float = Field(default=6 * 3600, ge=0)
+
+
+class RaySettings(Strict):
+    address: str | None = None  # None: start an embedded local Ray
+    job_timeout_seconds: float = Field(default=1800, gt=0)
+    num_cpus: int | None = Field(default=None, ge=1)
+
+
+class Config(Strict):
+    version: Literal[1]
+    ledger: str = "sqlite:///.revalidator/ledger.db"
+    batch_size: int = Field(default=1024, ge=1, le=1_000_000)
+    ray: RaySettings = Field(default_factory=RaySettings)
+    schedule: Schedule = Field(default_factory=Schedule)
+    targets: dict[str, Target] = Field(min_length=1)
+    models: dict[str, Model] = Field(min_length=1)
+    suites: dict[str, Suite] = Field(min_length=1)
+
+    @field_validator("targets", "models", "suites")
+    @classmethod
+    def names(cls, value: dict) -> dict:
+        _check_names(value)
+        return value
+
+
+def _check_names(mapping: dict) -> None:
+    import re
+
+    bad = [k for k in mapping if not re.match(NAME_PATTERN, str(k))]
+    if bad:
+        raise ValueError(f"invalid name(s) {bad}: use letters, digits, '_', '.', '-' (at most 63)")

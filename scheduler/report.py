@@ -1,0 +1,111 @@
+"""Render validation results: the versioned JSON document and the human per-slice table."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from runners.contracts import AGGREGATE_DIMENSION, FAIL, INSUFFICIENT, PASS, CheckResult
+from scheduler.validate import RunRecord, ValidationReport
+
+DOCUMENT_VERSION = 1
+
+_MARK = {PASS: "ok", FAIL: "FAIL", INSUFFICIENT: "n<min"}
+
+# How each check reads in words: (what is measured, how the limit applies).
+_DESCRIBE = {
+    "max_drop": "accuracy drop", "max_relative_drop": "relative accuracy drop", "min_accuracy": "accuracy",
+    "min_agreement": "top-1 agreement", "max_mean_kl": "mean KL", "max_abs_diff": "max |diff|",
+    "max_mean_abs_diff": "mean |diff|", "min_cosine": "cosine similarity",
+}
+
+
+def check_dict(c: CheckResult) -> dict[str, Any]:
+    return {"check": c.check, "slice": {"dimension": c.dimension, "value": c.value}, "n": c.n,
+            "baseline": c.baseline, "candidate": c.candidate, "delta": c.delta, "tolerance": c.tolerance,
+            "verdict": c.verdict, "statistic": c.statistic}
+
+
+def run_dict(record: RunRecord) -> dict[str, Any]:
+    spec, result = record.spec, record.result
+    return {"run_id": record.run_id, "job_id": spec.job_id, "target": spec.target, "model": spec.model,
+            "candidate": spec.candidate, "suite": spec.suite.name, "trigger": spec.trigger,
+            "status": result.status, "verdict": result.verdict, "error": result.error,
+            "error_kind": result.error_kind, "started_at": result.started_at, "finished_at": result.finished_at,
+            "checks": [check_dict(c) for c in result.checks], "provenance": result.provenance}
+
+
+def document(report: ValidationReport) -> dict[str, Any]:
+    return {"version": DOCUMENT_VERSION, "generated_at": time.time(), "exit_code": report.exit_code(),
+            "ray_startup_seconds": report.ray_startup_seconds, "runs": [run_dict(r) for r in report.records]}
+
+
+def _measured(c: CheckResult) -> float | None:
+    """The quantity the tolerance applies to."""
+    if c.check == "max_drop":
+        return None if c.delta is None else 0.0 - c.delta  # 0.0 - x keeps "no drop" as +0.0
+    if c.check == "max_relative_drop":
+        return c.statistic.get("relative_drop")
+    return c.candidate
+
+
+def explain_failure(c: CheckResult) -> str:
+    """One line: what failed, on which slice, by how much, against which tolerance."""
+    where = "aggregate" if c.dimension == AGGREGATE_DIMENSION else f"{c.dimension}={c.value}"
+    value = _measured(c)
+    relation = ">" if c.check.startswith("max_") else "<"
+    text = f"{where}: {_DESCRIBE[c.check]} {value:.4f} {relation} tolerance {c.tolerance:g}"
+    if c.check in ("max_drop", "max_relative_drop"):
+        text += f" (accuracy {c.baseline:.3f} -> {c.candidate:.3f}"
+        text += f", McNemar p={c.statistic['mcnemar_p']:.2g})" if "mcnemar_p" in c.statistic else ")"
+    elif "wilson_low" in c.statistic:
+        text += f" ({c.statistic['wilson_low']:.3f}-{c.statistic['wilson_high']:.3f} interval)"
+    return text + f", n={c.n}"
+
+
+def _slice_table(checks: list[CheckResult]) -> list[str]:
+    names = list(dict.fromkeys(c.check for c in checks))
+    rows: dict[tuple[str, str], dict[str, CheckResult]] = {}
+    for c in checks:
+        rows.setdefault((c.dimension, c.value), {})[c.check] = c
+    label = {key: ("all" if key[0] == AGGREGATE_DIMENSION else f"{key[0]}={key[1]}") for key in rows}
+    width = max(len(v) for v in label.values()) + 2
+    lines = ["    " + "slice".ljust(width) + "n".rjust(7) + "".join(f"  {n:>22}" for n in names)]
+    for key, by_check in rows.items():
+        n = next(iter(by_check.values())).n
+        cells = ""
+        for name in names:
+            c = by_check.get(name)
+            value = _measured(c) if c is not None else None
+            cell = f"{value:.4f} {_MARK[c.verdict]}" if c is not None and value is not None else "-"
+            cells += f"  {cell:>22}"
+        lines.append("    " + label[key].ljust(width) + f"{n:>7}" + cells)
+    return lines
+
+
+def human(report: ValidationReport, verbose: bool = True) -> str:
+    out: list[str] = []
+    for record in report.records:
+        spec, result = record.spec, record.result
+        head = f"{spec.model} / {spec.candidate} on {spec.target} (suite {spec.suite.name}): {result.verdict.upper()}"
+        out.append(f"{head}   run {record.run_id[:8]}")
+        if result.error:
+            kind = "bad input" if result.error_kind == "input" else "internal error"
+            out.append(f"    {kind}: {result.error.strip().splitlines()[0]}")
+            out.append("")
+            continue
+        if verbose:
+            out += _slice_table(result.checks)
+        failures = [c for c in result.checks if c.verdict == FAIL]
+        for c in failures:
+            out.append(f"    FAILED {c.check}: {explain_failure(c)}")
+        thin = sorted({f"{c.dimension}={c.value}" for c in result.checks if c.verdict == INSUFFICIENT})
+        if thin:
+            out.append(f"    insufficient (n < {spec.suite.min_slice_size}, not judged): {', '.join(thin)}")
+        out.append("")
+    counts: dict[str, int] = {}
+    for r in report.records:
+        counts[r.result.verdict] = counts.get(r.result.verdict, 0) + 1
+    summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+    out.append(f"{len(report.records)} run(s): {summary or 'none'}  (exit {report.exit_code()})")
+    return "\n".join(out)
