@@ -8,6 +8,7 @@ or outlives its timeout becomes that job's error and the other jobs go on.
 from __future__ import annotations
 
 import os
+import socket
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -26,6 +27,18 @@ PIN_AMOUNT = 0.001
 
 class InfrastructureError(RuntimeError):
     """Ray cannot be started or reached."""
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast on a "host:port" nobody answers; ray.init would retry for minutes."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return  # "auto" and other forms are Ray's to resolve
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise InfrastructureError(f"cannot start or reach {address}: {exc.strerror or exc}") from exc
 
 
 def _execute(spec: JobSpec) -> JobResult:
@@ -74,10 +87,13 @@ class RayDispatcher:
                 kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
                                           "configure_logging": False}
                 if self.address:
+                    check_reachable(self.address)
                     ray.init(address=self.address, **kwargs)
                 else:
                     ray.init(num_cpus=self.loaded.config.ray.num_cpus, **kwargs)
                 self._started_ray = True
+        except InfrastructureError:
+            raise
         except Exception as exc:  # ray raises ConnectionError, RuntimeError, ValueError...
             where = self.address or "an embedded local Ray"
             raise InfrastructureError(f"cannot start or reach {where}: {exc}") from exc

@@ -99,6 +99,9 @@ def human(report: ValidationReport, verbose: bool = True) -> str:
         failures = [c for c in result.checks if c.verdict == FAIL]
         for c in failures:
             out.append(f"    FAILED {c.check}: {explain_failure(c)}")
+        if failures and not any(c.dimension == AGGREGATE_DIMENSION for c in failures):
+            regressed = sorted({f"{c.dimension}={c.value}" for c in failures})
+            out.append(f"    aggregate within tolerance; regressed slice(s): {', '.join(regressed)}")
         thin = sorted({f"{c.dimension}={c.value}" for c in result.checks if c.verdict == INSUFFICIENT})
         if thin:
             out.append(f"    insufficient (n < {spec.suite.min_slice_size}, not judged): {', '.join(thin)}")

@@ -1,0 +1,75 @@
+"""Shared fixtures: the demo models built once per session, a real local Ray, config writers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled demo (digits MLP, fp32 + quantized candidates, eval and calibration sets)."""
+    from runners.demo import build
+
+    out = tmp_path_factory.mktemp("demo")
+    build(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One real local Ray for the session; dispatchers reuse it instead of starting their own."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
+
+
+def demo_config(demo: Path, ledger: Path, candidates: tuple[str, ...] = ("ort-int8-dynamic", "ort-w4a2"),
+                extra_suite: str = "") -> str:
+    """A config over the demo artifacts (absolute paths), with a chosen subset of candidates."""
+    known = {
+        "ort-int8-dynamic": ("digits-int8-dynamic.onnx", "onnxruntime", "dynamic", 8, 8),
+        "ort-int8-static": ("digits-int8-static.onnx", "onnxruntime", "static-qdq", 8, 8),
+        "ort-w4a2": ("digits-w4a2.onnx", "onnxruntime", "static-qdq-per-tensor", 4, 2),
+        "torch-int8-dynamic": ("digits-int8-dynamic.ts", "torch", "dynamic", 8, 8),
+    }
+    lines = []
+    for name in candidates:
+        file, runner, method, wbits, abits = known[name]
+        lines.append(f"""      {name}:
+        path: {demo / file}
+        runner: {runner}
+        quantization: {{method: {method}, weight_bits: {wbits}, activation_bits: {abits},
+                       calibration_set: {demo / 'calibration.npz'}, tool: runners.demo}}""")
+    cands = "\n".join(lines)
+    return f"""version: 1
+ledger: sqlite:///{ledger}
+ray: {{job_timeout_seconds: 300}}
+targets:
+  local-cpu:
+    runners: [onnxruntime, torch]
+    options:
+      onnxruntime: {{intra_op_threads: 1}}
+models:
+  digits-mlp:
+    baseline: {{path: {demo / 'digits-fp32.onnx'}, runner: onnxruntime}}
+    suites: [digits]
+    candidates:
+{cands}
+suites:
+  digits:
+    data: {demo / 'digits-eval.npz'}
+    task: classification
+    slices: [digit, scan]
+    min_slice_size: 50
+    checks: {{max_drop: 0.03, min_agreement: 0.95}}
+    slice_checks: {{max_drop: 0.08, min_agreement: 0.90}}
+{extra_suite}"""

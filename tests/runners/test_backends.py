@@ -1,0 +1,126 @@
+"""Runner backends on real models: onnxruntime and torch (TorchScript and torch.export)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from runners.backends import ArtifactError, make_runner
+from runners.data import load_eval_data
+
+
+@pytest.fixture(scope="module")
+def rows(demo_dir: Path) -> dict[str, np.ndarray]:
+    return load_eval_data(demo_dir / "digits-eval.npz", ["digit", "scan"]).inputs
+
+
+def test_onnxruntime_and_torchscript_fp32_agree(demo_dir: Path, rows: dict[str, np.ndarray]) -> None:
+    with make_runner("onnxruntime", demo_dir / "digits-fp32.onnx") as ort_runner:
+        assert ort_runner.input_names == ["pixels"]
+        assert ort_runner.providers == ["CPUExecutionProvider"]
+        ort_out = ort_runner.infer_all(rows, batch_size=256)
+    with make_runner("torch", demo_dir / "digits-fp32.ts") as torch_runner:
+        assert torch_runner.input_names == ["pixels"]
+        torch_out = torch_runner.infer_all(rows, batch_size=256)
+    assert ort_out.shape == (len(rows["pixels"]), 10)
+    np.testing.assert_allclose(ort_out, torch_out, rtol=1e-4, atol=1e-4)
+
+
+def test_batch_size_does_not_change_fp32_outputs(demo_dir: Path, rows: dict[str, np.ndarray]) -> None:
+    with make_runner("onnxruntime", demo_dir / "digits-fp32.onnx") as runner:
+        whole = runner.infer_all(rows, batch_size=100_000)
+        ragged = runner.infer_all(rows, batch_size=7)  # last batch is partial
+    np.testing.assert_allclose(whole, ragged, rtol=1e-5, atol=1e-5)
+
+
+def test_quantized_candidates_differ_from_fp32(demo_dir: Path, rows: dict[str, np.ndarray]) -> None:
+    with make_runner("onnxruntime", demo_dir / "digits-fp32.onnx") as runner:
+        fp32 = runner.infer_all(rows, 1024)
+    with make_runner("onnxruntime", demo_dir / "digits-int8-dynamic.onnx") as runner:
+        int8 = runner.infer_all(rows, 1024)
+    with make_runner("torch", demo_dir / "digits-int8-dynamic.ts") as runner:
+        torch_int8 = runner.infer_all(rows, 1024)
+    for quantized in (int8, torch_int8):
+        assert not np.array_equal(fp32, quantized)
+        assert (fp32.argmax(1) == quantized.argmax(1)).mean() > 0.98
+
+
+def test_torch_export_artifact(tmp_path: Path) -> None:
+    import torch
+
+    class Scale(torch.nn.Module):
+        def forward(self, features: torch.Tensor) -> torch.Tensor:
+            return features * 2.0 + 1.0
+
+    path = tmp_path / "scale.pt2"
+    torch.export.save(torch.export.export(Scale(), (torch.zeros(4, 3),),
+                                          dynamic_shapes={"features": {0: torch.export.Dim("batch")}}), str(path))
+    x = np.arange(30, dtype=np.float32).reshape(10, 3)
+    with make_runner("torch", path) as runner:
+        assert runner.input_names == ["features"]
+        out = runner.infer_all({"features": x}, batch_size=4)
+    np.testing.assert_allclose(out, x * 2 + 1)
+
+
+def test_runner_releases_on_exit(demo_dir: Path) -> None:
+    runner = make_runner("onnxruntime", demo_dir / "digits-fp32.onnx")
+    with runner:
+        assert runner.active
+    assert not runner.active
+
+
+@pytest.mark.parametrize("runner_name", ["onnxruntime", "torch"])
+def test_missing_artifact_is_named(tmp_path: Path, runner_name: str) -> None:
+    with pytest.raises(ArtifactError, match=r"absent\.bin: model artifact not found"):
+        make_runner(runner_name, tmp_path / "absent.bin").activate()
+
+
+@pytest.mark.parametrize("runner_name,suffix", [("onnxruntime", ".onnx"), ("torch", ".ts"), ("torch", ".pt2")])
+def test_corrupt_artifact_is_named(tmp_path: Path, runner_name: str, suffix: str) -> None:
+    path = tmp_path / f"broken{suffix}"
+    path.write_bytes(b"this is not a model")
+    with pytest.raises(ArtifactError, match=f"broken\\{suffix}: {runner_name} cannot load the model"):
+        make_runner(runner_name, path).activate()
+
+
+def test_unavailable_provider_is_refused(demo_dir: Path) -> None:
+    runner = make_runner("onnxruntime", demo_dir / "digits-fp32.onnx", {"providers": ["ROCMExecutionProvider"]})
+    with pytest.raises(ArtifactError, match="ROCMExecutionProvider.*not available here"):
+        runner.activate()
+
+
+def test_inputs_missing_from_data(demo_dir: Path) -> None:
+    with make_runner("onnxruntime", demo_dir / "digits-fp32.onnx") as runner:
+        with pytest.raises(ArtifactError, match=r"model inputs \['pixels'\] are not in the evaluation data"):
+            runner.infer_all({"image": np.zeros((2, 64), np.float32)}, 8)
+
+
+def test_unknown_runner_name() -> None:
+    with pytest.raises(ArtifactError, match="unknown runner 'tflite'"):
+        make_runner("tflite", "x")
+
+
+@pytest.mark.gpu
+def test_onnxruntime_cuda_provider(demo_dir: Path, rows: dict[str, np.ndarray]) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("no CUDA execution provider on this machine")
+    with make_runner("onnxruntime", demo_dir / "digits-fp32.onnx", {"providers": ["CUDAExecutionProvider"]}) as r:
+        gpu = r.infer_all(rows, 1024)
+    with make_runner("onnxruntime", demo_dir / "digits-fp32.onnx") as r:
+        cpu = r.infer_all(rows, 1024)
+    np.testing.assert_allclose(gpu, cpu, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.gpu
+def test_torch_cuda(demo_dir: Path, rows: dict[str, np.ndarray]) -> None:
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("torch sees no CUDA device")
+    with make_runner("torch", demo_dir / "digits-fp32.ts", {"device": "cuda"}) as r:
+        gpu = r.infer_all(rows, 1024)
+    with make_runner("torch", demo_dir / "digits-fp32.ts") as r:
+        cpu = r.infer_all(rows, 1024)
+    np.testing.assert_allclose(gpu, cpu, rtol=1e-3, atol=1e-3)

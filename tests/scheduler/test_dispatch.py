@@ -1,0 +1,87 @@
+"""Dispatch on a real local Ray: every job is a task, crashes and hangs become that job's error."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from runners.contracts import JobSpec
+from scheduler.config import load_config
+from scheduler.dispatch import RayDispatcher, placement_options
+from scheduler.config.schema import Placement
+from scheduler.ledger import Ledger
+from scheduler.planning import plan
+from scheduler.validate import run_validation
+from tests.conftest import demo_config
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture
+def setup(tmp_path: Path, demo_dir: Path, ray_local):
+    path = tmp_path / "targets.yaml"
+    path.write_text(demo_config(demo_dir, tmp_path / "ledger.db"))
+    loaded = load_config(path)
+    ledger = Ledger(loaded.config.ledger, loaded.base_dir)
+    dispatcher = RayDispatcher(loaded)
+    dispatcher.start()
+    yield loaded, ledger, dispatcher
+    dispatcher.shutdown()  # a no-op: the session's Ray was not started by this dispatcher
+    ledger.close()
+
+
+def with_runner(spec: JobSpec, runner: str, candidate: str) -> JobSpec:
+    return replace(spec, job_id=f"{spec.job_id}-{candidate}", candidate=candidate,
+                   candidate_artifact=replace(spec.candidate_artifact, runner=runner))
+
+
+def test_every_job_is_recorded_before_and_after(setup) -> None:
+    loaded, ledger, dispatcher = setup
+    seen_running = []
+    jobs = plan(loaded)
+    report = run_validation(loaded, jobs, ledger, dispatcher,
+                            progress=lambda done, total, rec: seen_running.append(ledger.run(rec.run_id)["status"]))
+    assert [r.spec.candidate for r in report.records] == ["ort-int8-dynamic", "ort-w4a2"]
+    assert [r.result.verdict for r in report.records] == ["pass", "fail"]
+    assert seen_running == ["finished", "finished"]  # recorded before progress is reported
+    history = ledger.history()
+    assert sorted(h["verdict"] for h in history) == ["fail", "pass"]
+    assert all(h["status"] == "finished" and h["fingerprint_hash"] for h in history)
+    assert report.exit_code() == 1
+
+
+def test_worker_crash_is_that_jobs_error_and_others_go_on(setup) -> None:
+    loaded, ledger, dispatcher = setup
+    jobs = plan(loaded)
+    crashing = with_runner(jobs[0], "tests.plugins:CrashingRunner", "crashes")
+    report = run_validation(loaded, [jobs[0], crashing, jobs[1]], ledger, dispatcher)
+    verdicts = {r.spec.candidate: r.result for r in report.records}
+    assert verdicts["ort-int8-dynamic"].verdict == "pass"
+    assert verdicts["ort-w4a2"].verdict == "fail"
+    crashed = verdicts["crashes"]
+    assert crashed.verdict == "error" and crashed.error_kind == "internal"
+    assert "WorkerCrashedError" in crashed.error or "died" in crashed.error.lower()
+    stored = [h for h in ledger.history() if h["candidate"] == "crashes"][0]
+    assert stored["status"] == "error" and stored["error"] == crashed.error
+    assert report.exit_code() == 3
+
+
+def test_hung_job_times_out_and_is_cancelled(setup, tmp_path: Path) -> None:
+    loaded, ledger, dispatcher = setup
+    fast = replace(loaded, config=loaded.config.model_copy(
+        update={"ray": loaded.config.ray.model_copy(update={"job_timeout_seconds": 3})}))
+    dispatcher.loaded = fast
+    jobs = plan(fast)
+    hung = with_runner(jobs[0], "tests.plugins:SleepingRunner", "hangs")
+    report = run_validation(fast, [hung, jobs[0]], ledger, dispatcher)
+    results = {r.spec.candidate: r.result for r in report.records}
+    assert "timed out after 3s" in results["hangs"].error
+    assert results["ort-int8-dynamic"].verdict == "pass"
+
+
+def test_placement_pins_by_resource_or_label() -> None:
+    assert placement_options("local") == {}
+    assert placement_options(Placement(resource="target:h100")) == {"resources": {"target:h100": 0.001}}
+    assert placement_options(Placement(labels={"pool": "l4"})) == {"label_selector": {"pool": "l4"}}

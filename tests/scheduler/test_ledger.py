@@ -1,0 +1,99 @@
+"""The ledger on real SQLite: migrations, run lifecycle, results and provenance round trip, gates."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from runners.contracts import ArtifactSpec, CheckResult, CheckSpec, JobResult, JobSpec, SuiteSpec
+from scheduler.ledger import SCHEMA_VERSION, Ledger, LedgerError
+
+
+def spec(candidate: str = "w4", target: str = "cpu") -> JobSpec:
+    suite = SuiteSpec("digits", "/data/eval.npz", "classification", ("scan",), (CheckSpec("max_drop", 0.03),))
+    return JobSpec(job_id=f"job-{candidate}-{target}", target=target, model="m", candidate=candidate,
+                   baseline=ArtifactSpec("/m/fp32.onnx", "onnxruntime"),
+                   candidate_artifact=ArtifactSpec("/m/w4.onnx", "onnxruntime", {"method": "qdq", "weight_bits": 4}),
+                   suite=suite, trigger="manual", config_hash="abc")
+
+
+def result(job_id: str, verdict: str = "fail") -> JobResult:
+    checks = [CheckResult("max_drop", "all", "all", 100, 0.97, 0.95, -0.02, 0.03, "pass", {"mcnemar_p": 0.1}),
+              CheckResult("max_drop", "scan", "faint", 60, 0.98, 0.70, -0.28, 0.03, verdict, {"mcnemar_p": 1e-6})]
+    prov = {"fingerprint": {"hash": "fp1", "components": {"kernel": "6.8"}}, "candidate": {"sha256": "ab" * 32},
+            "quantization": {"method": "qdq", "weight_bits": 4}}
+    return JobResult(job_id=job_id, status="finished", verdict=verdict, checks=checks, provenance=prov,
+                     started_at=time.time(), finished_at=time.time())
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Ledger:
+    return Ledger("sqlite:///ledger/db.sqlite", base_dir=tmp_path)
+
+
+def test_migrates_to_current_schema_in_wal_mode(ledger: Ledger, tmp_path: Path) -> None:
+    assert ledger.schema_version() == SCHEMA_VERSION
+    db = tmp_path / "ledger" / "db.sqlite"
+    assert db.is_file()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        versions = [r[0] for r in conn.execute("SELECT version FROM schema_version")]
+    assert versions == list(range(1, SCHEMA_VERSION + 1))
+    Ledger("sqlite:///ledger/db.sqlite", base_dir=tmp_path)  # reopening applies nothing twice
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM schema_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    Ledger("sqlite:///db.sqlite", base_dir=tmp_path)
+    with sqlite3.connect(tmp_path / "db.sqlite") as conn:
+        conn.execute("INSERT INTO schema_version VALUES (99)")
+    with pytest.raises(LedgerError, match="v99 is newer"):
+        Ledger("sqlite:///db.sqlite", base_dir=tmp_path)
+
+
+def test_unopenable_ledger_is_named(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(LedgerError, match="cannot open ledger"):
+        Ledger("sqlite:///file/sub/db.sqlite", base_dir=tmp_path)
+
+
+def test_run_round_trip_with_provenance(ledger: Ledger) -> None:
+    s = spec()
+    run_id = ledger.start_run(s)
+    running = ledger.run(run_id)
+    assert running["status"] == "running" and running["checks"] == [] and running["provenance"] == {}
+    assert ledger.gates() == []  # a running job decides no gate
+    ledger.finish_run(run_id, result(s.job_id))
+    done = ledger.run(run_id)
+    assert (done["status"], done["verdict"], done["fingerprint_hash"]) == ("finished", "fail", "fp1")
+    assert done["config_hash"] == "abc" and done["trigger"] == "manual"
+    faint = [c for c in done["checks"] if c["value"] == "faint"][0]
+    assert faint["candidate"] == pytest.approx(0.70) and faint["statistic"] == {"mcnemar_p": 1e-6}
+    assert done["provenance"]["quantization"] == {"method": "qdq", "weight_bits": 4}
+
+
+def test_finish_is_atomic(ledger: Ledger) -> None:
+    s = spec()
+    run_id = ledger.start_run(s)
+    bad = result(s.job_id)
+    bad.checks.append(CheckResult("max_drop", "scan", "x", 1, None, None, None, None, "pass"))  # tolerance NOT NULL
+    with pytest.raises(Exception):
+        ledger.finish_run(run_id, bad)
+    after = ledger.run(run_id)
+    assert after["status"] == "running" and after["checks"] == [] and after["provenance"] == {}
+
+
+def test_gates_take_the_latest_run_per_target_model_candidate(ledger: Ledger) -> None:
+    for verdict in ("fail", "pass"):
+        s = spec()
+        ledger.finish_run(ledger.start_run(s), result(s.job_id, verdict))
+        time.sleep(0.01)
+    other = spec(target="gpu")
+    ledger.finish_run(ledger.start_run(other), result(other.job_id, "fail"))
+    gates = {(g["target"], g["candidate"]): g["verdict"] for g in ledger.gates()}
+    assert gates == {("cpu", "w4"): "pass", ("gpu", "w4"): "fail"}
+    assert [r["verdict"] for r in ledger.history(model="m", target="cpu")] == ["pass", "fail"]
