@@ -7,11 +7,13 @@ A dataset is a set of equally long columns: the model inputs (by input name), op
 from __future__ import annotations
 
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from runners.metrics import SliceIndex, build_slice_index
 
 LABELS = "labels"
 
@@ -25,10 +27,18 @@ class EvalData:
     inputs: dict[str, np.ndarray]
     labels: np.ndarray | None
     slices: dict[str, np.ndarray]
+    _index: SliceIndex | None = field(default=None, repr=False)
 
     @property
     def rows(self) -> int:
         return len(next(iter(self.inputs.values())))
+
+    @property
+    def slice_index(self) -> SliceIndex:
+        """Rows grouped by slice value, built on first use and shared by every job on this data."""
+        if self._index is None:
+            self._index = build_slice_index(self.slices, self.rows)
+        return self._index
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:

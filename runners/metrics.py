@@ -1,7 +1,9 @@
 """Per-row comparison of baseline and candidate outputs, then sums per slice value.
 
-Everything is vectorised: per-row quantities are computed once over all rows, and each
-slice dimension costs one grouping pass (bincount / reduceat), not a Python loop per row.
+Everything is vectorised and sized for 10^5-10^6 rows: outputs arrive class-major
+(classes x rows) so that every per-row reduction runs across contiguous rows, per-row
+quantities are computed once, and all slice values of all dimensions are summed in one
+matrix product with an indicator matrix built once per dataset.
 """
 
 from __future__ import annotations
@@ -10,18 +12,59 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# Above this many slice values in total, sums use bincount instead of the dense indicator product.
+_DENSE_GROUP_LIMIT = 256
+
+# Output values per block of rows: small enough that a block's temporaries stay in cache.
+_BLOCK_VALUES = 1 << 17
+
+# Row quantities summed per slice value, in the column order of RowMetrics.table.
+QUANTITIES = ("agree", "mean_abs", "kl", "cosine", "correct_baseline", "correct_candidate",
+              "baseline_only", "candidate_only")
+
+
+@dataclass
+class SliceIndex:
+    """The grouping of a dataset's rows by every slice value; built once per dataset."""
+
+    keys: list[tuple[str, str]]  # (dimension, value) per group, aggregate first
+    counts: np.ndarray  # rows per group
+    codes: list[np.ndarray]  # per dimension: group code per row
+    orders: list[np.ndarray]  # per dimension: rows sorted by code, for per-group maxima
+    offsets: list[int]  # per dimension: index of its first group in `keys`
+    indicator: np.ndarray | None  # (groups, rows) float32 one-hot, when groups are few
+
+
+def build_slice_index(slices: dict[str, np.ndarray], rows: int) -> SliceIndex:
+    keys: list[tuple[str, str]] = [("all", "all")]
+    counts, codes, orders, offsets = [np.array([rows])], [], [], []
+    for dimension, column in slices.items():
+        values, inverse = np.unique(column, return_inverse=True)
+        inverse = inverse.ravel().astype(np.int32)
+        offsets.append(len(keys))
+        keys += [(dimension, str(v)) for v in values]
+        codes.append(inverse)
+        orders.append(np.argsort(inverse, kind="stable"))
+        counts.append(np.bincount(inverse, minlength=len(values)))
+    indicator = None
+    if len(keys) <= _DENSE_GROUP_LIMIT:
+        indicator = np.zeros((len(keys), rows), dtype=np.float32)
+        indicator[0] = 1.0
+        for offset, code in zip(offsets, codes):
+            indicator[offset + code, np.arange(rows)] = 1.0
+    return SliceIndex(keys, np.concatenate(counts), codes, orders, offsets, indicator)
+
 
 @dataclass
 class RowMetrics:
-    """One entry per evaluated row."""
+    """Per-row quantities: `table` is (len(QUANTITIES), rows) float32; max_abs apart (a max, not a sum)."""
 
-    agree: np.ndarray  # bool: same top-1 class
-    max_abs: np.ndarray  # max |baseline - candidate| over the row's outputs
-    mean_abs: np.ndarray
-    kl: np.ndarray  # KL(softmax(baseline) || softmax(candidate))
-    cosine: np.ndarray
-    correct_baseline: np.ndarray | None  # bool, when labels exist
-    correct_candidate: np.ndarray | None
+    table: np.ndarray
+    max_abs: np.ndarray
+    labelled: bool
+
+    def column(self, name: str) -> np.ndarray:
+        return self.table[QUANTITIES.index(name)]
 
 
 @dataclass
@@ -40,75 +83,97 @@ class GroupStats:
     candidate_only: int | None
 
 
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    out = x - x.max(axis=1, keepdims=True)
-    out -= np.log(np.exp(out).sum(axis=1, keepdims=True))
-    return out
+def _top1(shifted: np.ndarray, selector: np.ndarray, hits: np.ndarray) -> np.ndarray:
+    """argmax over classes from class-major outputs minus their row maxima (first index on ties)."""
+    np.equal(shifted, 0.0, out=hits, casting="unsafe")
+    index_and_count = selector @ hits  # row 0: sum of k over maxima; row 1: number of maxima
+    top = index_and_count[0].astype(np.int64)
+    ties = np.flatnonzero(index_and_count[1] > 1)
+    if len(ties):
+        top[ties] = shifted[:, ties].argmax(axis=0)
+    return top
+
+
+def _chunk(b: np.ndarray, c: np.ndarray, labels: np.ndarray | None, table: np.ndarray,
+           max_abs: np.ndarray) -> None:
+    """Per-row quantities for a block of rows, written into `table` and `max_abs` (views)."""
+    classes = len(b)
+    selector = np.stack([np.arange(classes, dtype=np.float32), np.ones(classes, np.float32)])
+    hits = np.empty_like(b)
+    max_b, max_c = b.max(axis=0), c.max(axis=0)
+    shifted_b, shifted_c = b - max_b, c - max_c
+    top_b, top_c = _top1(shifted_b, selector, hits), _top1(shifted_c, selector, hits)
+    table[0] = top_b == top_c
+    diff = b - c
+    exp_b = np.exp(shifted_b, out=shifted_b)
+    total_b = exp_b.sum(axis=0)
+    total_c = np.exp(shifted_c, out=shifted_c).sum(axis=0)
+    # KL(p_b || p_c) = sum_k p_b,k (b_k - c_k) - logsumexp(b) + logsumexp(c)
+    table[2] = np.einsum("ij,ij->j", exp_b, diff) / total_b - max_b - np.log(total_b) + max_c + np.log(total_c)
+    np.abs(diff, out=diff)
+    diff.max(axis=0, out=max_abs)
+    table[1] = diff.sum(axis=0) / classes
+    norms = np.sqrt(np.einsum("ij,ij->j", b, b) * np.einsum("ij,ij->j", c, c))
+    dot = np.einsum("ij,ij->j", b, c)
+    table[3] = np.divide(dot, norms, out=np.ones_like(dot), where=norms > 0)
+    if labels is not None:
+        right_b, right_c = top_b == labels, top_c == labels
+        table[4], table[5] = right_b, right_c
+        table[6], table[7] = right_b & ~right_c, ~right_b & right_c
 
 
 def row_metrics(baseline: np.ndarray, candidate: np.ndarray, labels: np.ndarray | None,
                 output_kind: str = "logits") -> RowMetrics:
-    """Compare two (rows, classes) output matrices row by row."""
+    """Compare class-major (classes, rows) outputs row by row, in cache-sized blocks."""
     if baseline.shape != candidate.shape:
         raise ValueError(f"output shapes differ: baseline {baseline.shape}, candidate {candidate.shape}")
-    b = baseline.reshape(len(baseline), -1).astype(np.float32, copy=False)
-    c = candidate.reshape(len(candidate), -1).astype(np.float32, copy=False)
-    pred_b, pred_c = b.argmax(axis=1), c.argmax(axis=1)
-    diff = np.abs(b - c)
-    if output_kind == "probabilities":
-        log_b = np.log(np.clip(b, 1e-12, None))
-        log_c = np.log(np.clip(c, 1e-12, None))
+    b = baseline.astype(np.float32, copy=False)
+    c = candidate.astype(np.float32, copy=False)
+    if output_kind == "probabilities":  # compare in log space, as for logits
+        b, c = np.log(np.clip(b, 1e-12, None)), np.log(np.clip(c, 1e-12, None))
+    rows = b.shape[1]
+    table = np.zeros((len(QUANTITIES), rows), dtype=np.float32)
+    max_abs = np.empty(rows, dtype=np.float32)
+    step = max(1024, _BLOCK_VALUES // max(len(b), 1))
+    blocks = [slice(lo, min(lo + step, rows)) for lo in range(0, rows, step)]
+
+    for block in blocks:
+        _chunk(b[:, block], c[:, block], None if labels is None else labels[block], table[:, block],
+               max_abs[block])
+    return RowMetrics(table=table, max_abs=max_abs, labelled=labels is not None)
+
+
+def slice_stats(rm: RowMetrics, index: SliceIndex) -> dict[tuple[str, str], GroupStats]:
+    """Stats for the aggregate ("all", "all") and every value of every slice dimension."""
+    if index.indicator is not None:
+        sums = index.indicator @ rm.table.T
     else:
-        log_b, log_c = _log_softmax(b), _log_softmax(c)
-    kl = np.einsum("ij,ij->i", np.exp(log_b), log_b - log_c)
-    dot = np.einsum("ij,ij->i", b, c)
-    norms = np.sqrt(np.einsum("ij,ij->i", b, b) * np.einsum("ij,ij->i", c, c))
-    cosine = np.divide(dot, norms, out=np.ones_like(dot), where=norms > 0)
-    correct_b = correct_c = None
-    if labels is not None:
-        correct_b, correct_c = pred_b == labels, pred_c == labels
-    return RowMetrics(agree=pred_b == pred_c, max_abs=diff.max(axis=1), mean_abs=diff.mean(axis=1),
-                      kl=kl, cosine=cosine, correct_baseline=correct_b, correct_candidate=correct_c)
-
-
-def _group(rm: RowMetrics, codes: np.ndarray, groups: int) -> list[GroupStats]:
-    """Sums per group code in a few vectorised passes."""
-    def sums(values: np.ndarray) -> np.ndarray:
-        return np.bincount(codes, weights=values, minlength=groups)
-
-    counts = np.bincount(codes, minlength=groups)
-    order = np.argsort(codes, kind="stable")
-    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
-    nonempty = counts > 0
-    max_abs = np.zeros(groups)
-    max_abs[nonempty] = np.maximum.reduceat(rm.max_abs[order], starts[nonempty])
-    agree, mean_abs, kl, cos = (sums(rm.agree), sums(rm.mean_abs), sums(rm.kl), sums(rm.cosine))
-    paired = rm.correct_baseline is not None and rm.correct_candidate is not None
-    if paired:
-        cb, cc = rm.correct_baseline, rm.correct_candidate
-        right_b, right_c = sums(cb), sums(cc)
-        b_only, c_only = sums(cb & ~cc), sums(~cb & cc)
-    out = []
-    for g in range(groups):
-        n = int(counts[g])
-        safe = max(n, 1)
-        out.append(GroupStats(
-            n=n, agree=int(agree[g]), max_abs=float(max_abs[g]), mean_abs=float(mean_abs[g] / safe),
-            kl=float(kl[g] / safe), cosine=float(cos[g] / safe),
-            correct_baseline=int(right_b[g]) if paired else None,
-            correct_candidate=int(right_c[g]) if paired else None,
-            baseline_only=int(b_only[g]) if paired else None,
-            candidate_only=int(c_only[g]) if paired else None,
-        ))
+        sums = np.vstack([rm.table.sum(axis=1, dtype=np.float64)] + [
+            np.stack([np.bincount(code, weights=col, minlength=len(counts))
+                      for col in rm.table], axis=1)
+            for code, counts in zip(index.codes, _split_counts(index)[1:])])
+    maxima = np.zeros(len(index.keys))
+    maxima[0] = rm.max_abs.max()
+    for offset, order, counts in zip(index.offsets, index.orders, _split_counts(index)[1:]):
+        starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+        maxima[offset:offset + len(counts)] = np.maximum.reduceat(rm.max_abs[order], starts)
+    out = {}
+    for g, key in enumerate(index.keys):
+        n = int(index.counts[g])
+        s = sums[g]
+        mean = max(n, 1)
+        labelled = rm.labelled
+        out[key] = GroupStats(
+            n=n, agree=round(float(s[0])), max_abs=float(maxima[g]), mean_abs=float(s[1]) / mean,
+            kl=float(s[2]) / mean, cosine=float(s[3]) / mean,
+            correct_baseline=round(float(s[4])) if labelled else None,
+            correct_candidate=round(float(s[5])) if labelled else None,
+            baseline_only=round(float(s[6])) if labelled else None,
+            candidate_only=round(float(s[7])) if labelled else None)
     return out
 
 
-def slice_stats(rm: RowMetrics, slices: dict[str, np.ndarray]) -> dict[tuple[str, str], GroupStats]:
-    """Stats for the aggregate ("all", "all") and every value of every slice dimension."""
-    rows = len(rm.agree)
-    result = {("all", "all"): _group(rm, np.zeros(rows, dtype=np.intp), 1)[0]}
-    for dimension, column in slices.items():
-        values, codes = np.unique(column, return_inverse=True)
-        for value, stats in zip(values, _group(rm, codes.ravel(), len(values))):
-            result[(dimension, str(value))] = stats
-    return result
+def _split_counts(index: SliceIndex) -> list[np.ndarray]:
+    """Group counts of the aggregate, then of each dimension."""
+    bounds = [0] + index.offsets + [len(index.keys)]
+    return [index.counts[a:b] for a, b in zip(bounds, bounds[1:])]

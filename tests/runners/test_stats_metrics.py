@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as sp
 
-from runners.metrics import row_metrics, slice_stats
+from runners.metrics import build_slice_index, row_metrics, slice_stats
 from runners.stats import mcnemar_p, wilson_interval
 
 
@@ -27,27 +27,41 @@ def test_wilson_matches_scipy(k: int, n: int, conf: float) -> None:
 def test_row_metrics_values() -> None:
     b = np.array([[2.0, 0.0], [0.0, 1.0]], np.float32)
     c = np.array([[2.0, 0.0], [1.0, 0.0]], np.float32)
-    rm = row_metrics(b, c, np.array([0, 1]))
-    assert rm.agree.tolist() == [True, False]
-    assert rm.correct_baseline.tolist() == [True, True]
-    assert rm.correct_candidate.tolist() == [True, False]
+    rm = row_metrics(b.T, c.T, np.array([0, 1]))
+    assert rm.column("agree").tolist() == [1, 0]
+    assert rm.column("correct_baseline").tolist() == [1, 1]
+    assert rm.column("correct_candidate").tolist() == [1, 0]
+    assert rm.column("baseline_only").tolist() == [0, 1]
     assert rm.max_abs.tolist() == [0.0, 1.0]
-    assert rm.cosine.tolist() == pytest.approx([1.0, 0.0])
+    assert rm.column("mean_abs").tolist() == [0.0, 1.0]
+    assert rm.column("cosine").tolist() == pytest.approx([1.0, 0.0])
     p = np.exp([0.0, 1.0]) / np.exp([0.0, 1.0]).sum()
-    assert rm.kl[1] == pytest.approx(float((p * np.log(p / p[::-1])).sum()), rel=1e-5)
-    assert rm.kl[0] == pytest.approx(0.0, abs=1e-7)
+    assert rm.column("kl")[1] == pytest.approx(float((p * np.log(p / p[::-1])).sum()), rel=1e-5)
+    assert rm.column("kl")[0] == pytest.approx(0.0, abs=1e-7)
 
 
-def test_slice_sums_match_a_per_row_loop() -> None:
+def test_top1_ties_resolve_like_argmax() -> None:
+    b = np.array([[1.0, 3.0, 3.0], [2.0, 2.0, 0.0], [0.0, 0.0, 0.0]], np.float32)
+    rm = row_metrics(b.T, np.array([[0, 1, 0], [1, 0, 0], [0, 0, 1]], np.float32).T, np.array([1, 0, 0]))
+    assert rm.column("correct_baseline").tolist() == [1, 1, 1]  # argmax picks the first of equal maxima
+    assert rm.column("agree").tolist() == [1, 1, 0]
+
+
+@pytest.mark.parametrize("many_values", [False, True])
+def test_slice_sums_match_a_per_row_loop(many_values: bool) -> None:
     rng = np.random.default_rng(0)
     rows = 2000
     b, c = rng.normal(size=(rows, 5)), rng.normal(size=(rows, 5))
     labels = rng.integers(0, 5, rows)
     slices = {"lang": rng.choice(["de", "en", "fr", "ja"], rows), "len": rng.choice(["short", "long"], rows)}
-    rm = row_metrics(b, c, labels)
-    got = slice_stats(rm, slices)
-    assert set(got) == {("all", "all")} | {("lang", v) for v in ("de", "en", "fr", "ja")} | \
-        {("len", "short"), ("len", "long")}
+    if many_values:  # past the dense indicator's limit: the bincount path
+        slices["writer"] = rng.integers(0, 400, rows).astype(str)
+    rm = row_metrics(b.T.copy(), c.T.copy(), labels)
+    index = build_slice_index(slices, rows)
+    assert (index.indicator is None) == many_values
+    got = slice_stats(rm, index)
+    assert {k for k in got if k[0] != "writer"} == {("all", "all")} | {("lang", v) for v in ("de", "en", "fr", "ja")} \
+        | {("len", "short"), ("len", "long")}
     for (dim, value), s in got.items():
         mask = np.ones(rows, bool) if dim == "all" else slices[dim] == value
         assert s.n == mask.sum()
@@ -55,7 +69,12 @@ def test_slice_sums_match_a_per_row_loop() -> None:
         assert s.correct_candidate == (c[mask].argmax(1) == labels[mask]).sum()
         assert s.baseline_only == ((b[mask].argmax(1) == labels[mask]) & (c[mask].argmax(1) != labels[mask])).sum()
         assert s.max_abs == pytest.approx(np.abs(b[mask] - c[mask]).max(), rel=1e-6)
-        assert s.kl == pytest.approx(rm.kl[mask].mean(), rel=1e-6)
+        ref_b, ref_c = b[mask] - b[mask].max(1, keepdims=True), c[mask] - c[mask].max(1, keepdims=True)
+        log_b = ref_b - np.log(np.exp(ref_b).sum(1, keepdims=True))
+        log_c = ref_c - np.log(np.exp(ref_c).sum(1, keepdims=True))
+        assert s.kl == pytest.approx((np.exp(log_b) * (log_b - log_c)).sum(1).mean(), rel=1e-4)
+        cos = (b[mask] * c[mask]).sum(1) / np.linalg.norm(b[mask], axis=1) / np.linalg.norm(c[mask], axis=1)
+        assert s.cosine == pytest.approx(cos.mean(), rel=1e-4)
 
 
 def test_shape_mismatch_is_an_error() -> None:
