@@ -2,13 +2,11 @@
 batched onnxruntime inference of both models on the same rows, measured side by side.
 
 Cases: the demo digits MLP over 100k rows, and a compute-heavy MLP (~12M parameters) over 10k
-rows, at the same batch size on every side. `raw` is the plain script: one session per model,
-one after the other, onnxruntime defaults. The harness runs both models side by side (half of
-the cores each) when both artifacts are small ("auto", the default), one after the other
-otherwise, then compares, slices and judges; `harness_side_by_side` and `harness_sequential`
-force one arrangement, and `raw_side_by_side` is the side-by-side inference alone, so the harness's own
-work shows on its own. Ray start-up and the job's fixed costs (stack probe, hashing, data
-loading) are reported separately. The headline ratio is harness / raw, the worse case.
+rows, at the same batch size on both sides. `raw` is the plain script: one session per model,
+one after the other, onnxruntime defaults, outputs kept. `harness` is the job's evaluation path:
+both models through the runners, then per-row comparison, slicing and judging of every check;
+`compare_s` is that last step alone. Ray start-up and the job's fixed costs (stack probe,
+hashing, data loading) are reported separately. The headline is harness / raw, the worse case.
 
 Usage: python benchmarks/harness_overhead.py [--repeats N]
 Last line: {"metric": ..., "value": ..., "target": ..., "ok": ...}
@@ -22,7 +20,6 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from runners.contracts import ArtifactSpec, CheckSpec, JobSpec, SuiteSpec  # noqa: E402
 from runners.data import load_eval_data  # noqa: E402
-from runners.harness import judge_outputs, run_job, run_pair  # noqa: E402
+from runners.harness import judge_outputs, run_job, run_model  # noqa: E402
 
 TARGET = 1.10
 BATCH = 1024
@@ -39,14 +36,11 @@ CHECKS = (CheckSpec("max_drop", 0.03), CheckSpec("max_relative_drop", 0.05), Che
           CheckSpec("max_mean_kl", 0.05), CheckSpec("max_abs_diff", 10.0), CheckSpec("min_cosine", 0.9))
 
 
-def raw_model(path: str, rows: np.ndarray, threads: int | None = None) -> np.ndarray:
+def raw_model(path: str, rows: np.ndarray) -> np.ndarray:
     """What a hand-written script does: a session, every batch run, the outputs kept."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     name, out = session.get_inputs()[0].name, session.get_outputs()[0].name
     return np.concatenate([session.run([out], {name: rows[i:i + BATCH]})[0] for i in range(0, len(rows), BATCH)])
 
@@ -57,17 +51,9 @@ def raw_inference(model_paths: list[str], rows: np.ndarray) -> None:
         raw_model(path, rows)
 
 
-def raw_side_by_side(model_paths: list[str], rows: np.ndarray) -> None:
-    """Both models at once, half of the cores each: the harness's arrangement, without its work."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    share = max(1, (os.cpu_count() or 2) // 2)
-    with ThreadPoolExecutor(2) as pool:
-        list(pool.map(lambda p: raw_model(p, rows, share), model_paths))
-
-
 def harness(spec: JobSpec, data) -> None:
-    judge_outputs(*run_pair(spec, data), data, spec.suite)
+    outputs = [run_model(a, {}, data, BATCH) for a in (spec.baseline, spec.candidate_artifact)]
+    judge_outputs(*outputs, data, spec.suite)
 
 
 def demo_case(work: Path) -> tuple[str, str, str]:
@@ -110,11 +96,10 @@ def measure(name: str, base: str, cand: str, data_path: str, slices: tuple[str, 
     baseline, candidate = ArtifactSpec(base, "onnxruntime"), ArtifactSpec(cand, "onnxruntime")
     rows = data.inputs["pixels"]
     spec = JobSpec("bench", "local", "m", "c", baseline, candidate, suite, batch_size=BATCH)
+    outputs = [run_model(a, {}, data, BATCH) for a in (baseline, candidate)]
     sides = {"raw": lambda: raw_inference([base, cand], rows),
-             "raw_side_by_side": lambda: raw_side_by_side([base, cand], rows),
              "harness": lambda: harness(spec, data),
-             "harness_side_by_side": lambda: harness(replace(spec, side_by_side=True), data),
-             "harness_sequential": lambda: harness(replace(spec, side_by_side=False), data)}
+             "compare": lambda: judge_outputs(*outputs, data, suite)}
     times: dict[str, list[float]] = {side: [] for side in sides}
     for run in sides.values():  # warm caches and thread pools once
         run()
@@ -130,9 +115,6 @@ def measure(name: str, base: str, cand: str, data_path: str, slices: tuple[str, 
     assert result.status == "finished", result.error
     return {"case": name, "rows": data.rows, **{f"{k}_s": round(v, 4) for k, v in best.items()},
             "ratio": round(best["harness"] / best["raw"], 3),
-            "ratio_vs_raw_side_by_side": round(best["harness"] / best["raw_side_by_side"], 3),
-            "ratio_side_by_side": round(best["harness_side_by_side"] / best["raw"], 3),
-            "ratio_sequential": round(best["harness_sequential"] / best["raw"], 3),
             "full_job_s": round(full_job, 4), "fixed_costs_s": round(full_job - best["harness"], 4),
             "checks_judged": len(result.checks)}
 

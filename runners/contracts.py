@@ -73,7 +73,6 @@ class JobSpec:
     suite: SuiteSpec
     runner_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     batch_size: int = 1024
-    side_by_side: bool | None = None  # baseline and candidate concurrently on half the cores each; None: auto
     trigger: str = "manual"
     config_hash: str = ""
     version: int = CONTRACT_VERSION

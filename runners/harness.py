@@ -9,10 +9,8 @@ the job's error, classified as bad input or internal.
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 import traceback
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -52,51 +50,6 @@ def run_model(artifact: ArtifactSpec, options: dict[str, Any], data: EvalData, b
     """Load one model, run every row in batches, release it; outputs are class-major."""
     with make_runner(artifact.runner, artifact.path, options) as runner:
         return runner.infer_all(data.inputs, batch_size, class_major=True)
-
-
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-# Per backend, the option that sizes its intra-op thread pool.
-_THREAD_OPTION = {"onnxruntime": "intra_op_threads", "torch": "threads"}
-
-# "auto" runs the pair side by side when both artifacts are at most this large: small models
-# keep a full thread pool busy with synchronisation, large ones use it well (see BENCHMARKS.md).
-SIDE_BY_SIDE_MAX_BYTES = 16 << 20
-
-
-def side_by_side(spec: JobSpec) -> bool:
-    if spec.side_by_side is not None:
-        return spec.side_by_side
-    sizes = [Path(a.path).stat().st_size for a in (spec.baseline, spec.candidate_artifact)]
-    return max(sizes) <= SIDE_BY_SIDE_MAX_BYTES
-
-
-def run_pair(spec: JobSpec, data: EvalData) -> tuple[np.ndarray, np.ndarray]:
-    """Baseline and candidate outputs (class-major) on the same rows.
-
-    Side by side, each model gets half of the cores for its own thread pool: small models
-    scale poorly across a pool, so two half-size pools finish sooner than one full pool
-    used twice. A thread count set in the config is kept as it is.
-    """
-    artifacts = (spec.baseline, spec.candidate_artifact)
-    share = usable_cores() // 2
-    if share < 1 or not side_by_side(spec):
-        return tuple(run_model(a, spec.runner_options.get(a.runner, {}), data, spec.batch_size)
-                     for a in artifacts)
-    options = []
-    for artifact in artifacts:
-        opts = dict(spec.runner_options.get(artifact.runner, {}))
-        if artifact.runner in _THREAD_OPTION:
-            opts.setdefault(_THREAD_OPTION[artifact.runner], share)
-        options.append(opts)
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="model") as pool:
-        futures = [pool.submit(run_model, a, o, data, spec.batch_size) for a, o in zip(artifacts, options)]
-        return futures[0].result(), futures[1].result()
 
 
 def judge_outputs(baseline: np.ndarray, candidate: np.ndarray, data: EvalData,
@@ -145,7 +98,6 @@ def provenance(spec: JobSpec, fingerprint: dict[str, Any]) -> dict[str, Any]:
                   "min_slice_size": spec.suite.min_slice_size, "confidence": spec.suite.confidence},
         "runner_options": spec.runner_options,
         "batch_size": spec.batch_size,
-        "side_by_side": spec.side_by_side if spec.side_by_side is not None else "auto",
         "config_hash": spec.config_hash,
         "fingerprint": fingerprint,
     }
@@ -159,7 +111,9 @@ def run_job(spec: JobSpec) -> JobResult:
         fingerprint = probe_stack()
         result.provenance = provenance(spec, fingerprint)
         data = load_eval_data(spec.suite.data, spec.suite.slices)
-        result.checks = judge_outputs(*run_pair(spec, data), data, spec.suite)
+        outputs = [run_model(a, spec.runner_options.get(a.runner, {}), data, spec.batch_size)
+                   for a in (spec.baseline, spec.candidate_artifact)]  # one after the other: each gets every core
+        result.checks = judge_outputs(*outputs, data, spec.suite)
         result.verdict = candidate_verdict(result.checks, spec.suite)
         result.status = "finished"
     except (ArtifactError, DataError) as exc:

@@ -16,7 +16,7 @@ import numpy as np
 _DENSE_GROUP_LIMIT = 256
 
 # Output values per block of rows: small enough that a block's temporaries stay in cache.
-_BLOCK_VALUES = 1 << 17
+_BLOCK_VALUES = 1 << 18
 
 # Row quantities summed per slice value, in the column order of RowMetrics.table.
 QUANTITIES = ("agree", "mean_abs", "kl", "cosine", "correct_baseline", "correct_candidate",

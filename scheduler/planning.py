@@ -61,5 +61,5 @@ def plan(loaded: LoadedConfig, target: str | None = None, model: str | None = No
                         target=target_name, model=model_name, candidate=cand_name, baseline=baseline,
                         candidate_artifact=artifact, suite=suite,
                         runner_options=t.options.model_dump(exclude_none=True),
-                        batch_size=t.batch_size or cfg.batch_size, side_by_side=None if t.side_by_side == "auto" else t.side_by_side, trigger=trigger, config_hash=loaded.hash))
+                        batch_size=t.batch_size or cfg.batch_size, trigger=trigger, config_hash=loaded.hash))
     return jobs

@@ -57,9 +57,6 @@ class Target(Strict):
     options: RunnerOptions = Field(default_factory=RunnerOptions)
     batch_size: int | None = Field(default=None, ge=1, le=1_000_000)
     max_concurrent_jobs: int = Field(default=1, ge=1, le=1024)
-    # Run a job's baseline and candidate concurrently, each with half of the cores;
-    # "auto": when both artifacts are small (up to 16 MiB), where that is faster.
-    side_by_side: Literal["auto"] | bool = "auto"
 
 
 class Quantization(Strict):
