@@ -75,6 +75,8 @@ class JobSpec:
     batch_size: int = 1024
     trigger: str = "manual"
     config_hash: str = ""
+    probes: dict[str, dict[str, Any]] = field(default_factory=dict)  # the target's custom probes
+    job_key: str = ""  # what makes two jobs the same work: fingerprint, artifacts, suite, checks
     version: int = CONTRACT_VERSION
 
 

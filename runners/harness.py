@@ -22,7 +22,7 @@ from runners.contracts import (ERROR, FAIL, INSUFFICIENT, PASS, AGGREGATE_DIMENS
                                CheckResult, JobResult, JobSpec, SuiteSpec, worst_verdict)
 from runners.data import DataError, EvalData, load_eval_data
 from runners.metrics import row_metrics, slice_stats
-from runners.probe import probe_stack
+from runners.probes import probe_stack
 
 
 def sha256_file(path: str | Path) -> str:
@@ -108,7 +108,7 @@ def run_job(spec: JobSpec) -> JobResult:
     started = time.time()
     result = JobResult(job_id=spec.job_id, status="error", verdict=ERROR, started_at=started)
     try:
-        fingerprint = probe_stack()
+        fingerprint = probe_stack(custom=spec.probes)
         result.provenance = provenance(spec, fingerprint)
         data = load_eval_data(spec.suite.data, spec.suite.slices)
         outputs = [run_model(a, spec.runner_options.get(a.runner, {}), data, spec.batch_size)

@@ -40,7 +40,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_fingerprint(args: argparse.Namespace) -> int:
-    from runners.probe import probe_stack
+    from runners.probes import probe_stack
 
     stack = probe_stack()
     if args.json:
@@ -48,7 +48,10 @@ def cmd_fingerprint(args: argparse.Namespace) -> int:
     else:
         for key, value in stack["components"].items():
             print(f"{key:24} {value}")
-        print(f"{'fingerprint':24} {stack['hash']}")
+        for name, outcome in stack["probes"].items():
+            if outcome["status"] != "ok":
+                print(f"{'probe ' + name:24} {outcome['status']}: {outcome['detail']}")
+        print(f"{'fingerprint':24} {stack['hash']}  ({stack['probe_seconds'] * 1000:.0f} ms)")
     return EXIT_PASS
 
 

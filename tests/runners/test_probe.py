@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from runners.probe import parse_cpuinfo, parse_os_release, probe_nvidia, probe_stack
+from runners.probes import ProbeContext, parse_cpuinfo, parse_os_release, probe_stack
+from runners.probes.nvidia import read_nvml
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "probe"
 
@@ -51,6 +52,16 @@ class FixtureNVML:
     def nvmlDeviceGetCudaComputeCapability(self, handle: dict) -> tuple[int, int]:
         return tuple(handle["compute_capability"])
 
+    def nvmlDeviceGetEccMode(self, handle: dict) -> list[int]:
+        if "ecc" not in handle:
+            raise type("NVMLError_NotSupported", (Exception,), {})()
+        return handle["ecc"]
+
+    def nvmlDeviceGetMigMode(self, handle: dict) -> list[int]:
+        if "mig" not in handle:
+            raise type("NVMLError_NotSupported", (Exception,), {})()
+        return handle["mig"]
+
 
 def test_cpu_with_avx512_vnni_and_amx() -> None:
     cpu = parse_cpuinfo((FIXTURES / "sapphire-rapids/proc/cpuinfo").read_text())
@@ -74,47 +85,81 @@ def test_os_release_forms() -> None:
     assert parse_os_release("") == "unknown"
 
 
+def context(node: str, nvml: str = "no-library.json") -> ProbeContext:
+    return ProbeContext(proc_root=FIXTURES / node / "proc", etc_root=FIXTURES / node / "etc",
+                        nvml=FixtureNVML(nvml), environ={})
+
+
 @pytest.mark.parametrize("node,kernel", [("sapphire-rapids", "6.8.0-1015-aws"), ("haswell", "5.15.0-105-generic")])
 def test_probe_reads_injected_roots(node: str, kernel: str) -> None:
-    stack = probe_stack(proc_root=FIXTURES / node / "proc", etc_root=FIXTURES / node / "etc",
-                        nvml=FixtureNVML("no-library.json"))
+    stack = probe_stack(context(node))
     assert stack["components"]["kernel"] == kernel
-    assert stack["components"]["nvidia"] == "no-gpu (LibraryNotFound)"
-    assert stack["gpus"] == []
+    assert stack["probes"]["nvidia"]["status"] == "not_applicable"
+    assert "LibraryNotFound" in stack["probes"]["nvidia"]["detail"]
+    assert stack["probes"]["container_image"]["status"] == "not_applicable"
+    assert all(p["seconds"] >= 0 for p in stack["probes"].values())
+    assert "nvidia_driver" not in stack["components"]
 
 
 def test_kernels_give_different_fingerprints() -> None:
-    a, b = (probe_stack(proc_root=FIXTURES / n / "proc", etc_root=FIXTURES / n / "etc",
-                        nvml=FixtureNVML("no-library.json")) for n in ("sapphire-rapids", "haswell"))
+    a, b = (probe_stack(context(n)) for n in ("sapphire-rapids", "haswell"))
     assert a["hash"] != b["hash"]
+    assert probe_stack(context("haswell"))["hash"] == b["hash"]  # stable
 
 
 def test_gpu_node() -> None:
     source = FixtureNVML("h100-node.json")
-    facts = probe_nvidia(source)
-    assert facts["nvidia"] == "ok"
+    facts = read_nvml(source)
+    assert facts["nvidia_state"] == "ok"
     assert facts["nvidia_driver"] == "550.107.02"
     assert facts["cuda_driver"] == "12.4"
-    assert [g["compute_capability"] for g in facts["gpus"]] == ["9.0", "9.0"]
-    assert facts["gpus"][0]["name"] == "NVIDIA H100 80GB HBM3"
+    assert facts["gpu0"] == facts["gpu1"] == "NVIDIA H100 80GB HBM3 cc9.0"
+    assert facts["gpu1_uuid"] == "GPU-5f3a1c2e-0001-4b1e-9c1d-aa11bb22cc34"
+    assert facts["gpu0_ecc"] == "1" and facts["gpu0_mig"] == "0"
+    assert facts["gpu1_mig"] == "n/a"  # NVML says NotSupported
     assert source.shutdown_calls == 1
-    stack = probe_stack(nvml=FixtureNVML("h100-node.json"))
-    assert stack["components"]["gpu1"] == "NVIDIA H100 80GB HBM3 cc9.0 vbios 96.00.99.00.01"
+    stack = probe_stack(context("sapphire-rapids", "h100-node.json"))
+    assert stack["probes"]["nvidia"]["status"] == "ok" and stack["components"]["gpu1_vbios"] == "96.00.99.00.01"
 
 
-@pytest.mark.parametrize("fixture,expected", [("no-library.json", "no-gpu (LibraryNotFound)"),
-                                              ("driver-not-loaded.json", "no-gpu (DriverNotLoaded)"),
-                                              ("version-mismatch.json", "error (LibRmVersionMismatch)")])
-def test_nvml_failures_are_outcomes(fixture: str, expected: str) -> None:
-    assert probe_nvidia(FixtureNVML(fixture)) == {"nvidia": expected, "gpus": []}
+@pytest.mark.parametrize("fixture,status,state", [("no-library.json", "not_applicable", None),
+                                                  ("driver-not-loaded.json", "not_applicable", None),
+                                                  ("version-mismatch.json", "ok", "LibRmVersionMismatch")])
+def test_nvml_failures_are_outcomes(fixture: str, status: str, state: str | None) -> None:
+    stack = probe_stack(context("haswell", fixture))
+    assert stack["probes"]["nvidia"]["status"] == status
+    assert stack["components"].get("nvidia_state") == state
+
+
+def test_driver_upgraded_without_reboot_changes_the_fingerprint() -> None:
+    before = probe_stack(context("haswell", "h100-node.json"))
+    after = probe_stack(context("haswell", "version-mismatch.json"))
+    assert before["hash"] != after["hash"]
+    assert (before["components"]["nvidia_state"], after["components"]["nvidia_state"]) == \
+        ("ok", "LibRmVersionMismatch")
+
+
+def test_container_and_custom_probes(tmp_path: Path) -> None:
+    firmware = tmp_path / "fw-version"
+    firmware.write_text("1.2.3\n")
+    ctx = ProbeContext(proc_root=FIXTURES / "haswell/proc", etc_root=FIXTURES / "haswell/etc",
+                       nvml=FixtureNVML("no-library.json"), environ={"REVALIDATOR_IMAGE_DIGEST": "sha256:abc"})
+    stack = probe_stack(ctx, custom={"firmware": {"file": str(firmware)},
+                                     "uname": {"command": ["uname", "-s"]},
+                                     "missing": {"file": str(tmp_path / "absent")},
+                                     "broken": {"command": ["false"]}})
+    c, p = stack["components"], stack["probes"]
+    assert c["firmware"] == "1.2.3" and c["uname"] == "Linux" and c["container_image"] == "sha256:abc"
+    assert p["missing"]["status"] == "not_applicable" and p["broken"]["status"] == "error"
+    assert "CalledProcessError" in p["broken"]["detail"]
 
 
 def test_probe_does_not_import_heavy_runtimes() -> None:
     import subprocess
 
-    code = ("import sys; from runners.probe import probe_stack; s = probe_stack(); "
+    code = ("import sys; from runners.probes import probe_stack; s = probe_stack(); "
             "print(sorted(m for m in ('torch', 'onnxruntime', 'tensorrt') if m in sys.modules)); "
-            "print(s['components']['onnxruntime'])")
+            "print(s['components']['onnxruntime'], s['components']['torch'])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
     assert out[0] == "[]"
-    assert out[1] not in ("", "absent")  # read from package metadata, not by importing it
+    assert "absent" not in out[1] and len(out[1].split()) == 2  # read from package metadata, not by importing
