@@ -80,6 +80,21 @@ class JobSpec:
     version: int = CONTRACT_VERSION
 
 
+def job_spec_to_dict(spec: JobSpec) -> dict[str, Any]:
+    return asdict(spec)
+
+
+def job_spec_from_dict(data: dict[str, Any]) -> JobSpec:
+    """Inverse of job_spec_to_dict (JSON turns tuples into lists; they are restored here)."""
+    suite = dict(data["suite"])
+    suite["slices"] = tuple(suite["slices"])
+    suite["checks"] = tuple(CheckSpec(**c) for c in suite["checks"])
+    if suite.get("slice_checks") is not None:
+        suite["slice_checks"] = tuple(CheckSpec(**c) for c in suite["slice_checks"])
+    return JobSpec(**{**data, "baseline": ArtifactSpec(**data["baseline"]),
+                      "candidate_artifact": ArtifactSpec(**data["candidate_artifact"]), "suite": SuiteSpec(**suite)})
+
+
 @dataclass
 class CheckResult:
     """The judgement of one check on one slice."""

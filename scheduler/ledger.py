@@ -1,9 +1,11 @@
-"""The ledger: every run, its results per check and slice, and its provenance.
+"""The ledger: every run, its results per check and slice, its provenance, and the history
+of every target's stack.
 
 SQLite (WAL) by default, any SQLAlchemy URL otherwise. The schema is versioned and
-migrated forward on open. A run is written as `running` before its work starts and
-finished in one transaction (status, results and provenance together), so a reader never
-sees half a result.
+migrated forward on open. A job is in the ledger (queued, with its full JobSpec) before it
+is dispatched, marked running when it starts, and finished in one transaction (status,
+results and provenance together) exactly once, so a reader never sees half a result and a
+re-dispatched job is never recorded twice.
 """
 
 from __future__ import annotations
@@ -17,9 +19,15 @@ from typing import Any, Callable
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from runners.contracts import JobResult, JobSpec
+from runners.contracts import JobResult, JobSpec, job_spec_from_dict, job_spec_to_dict
+
+QUEUED, RUNNING, FINISHED, ERROR_STATUS = "queued", "running", "finished", "error"
+UNSCHEDULABLE, CANCELLED = "unschedulable", "cancelled"
+UNFINISHED = (QUEUED, RUNNING)
 
 metadata = sa.MetaData()
+
+_V2_RUN_COLUMNS = {"job_key", "spec", "attempts"}
 
 schema_version = sa.Table("schema_version", metadata, sa.Column("version", sa.Integer, nullable=False))
 
@@ -41,6 +49,9 @@ runs = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("started_at", sa.Float),
     sa.Column("finished_at", sa.Float),
+    sa.Column("job_key", sa.String(64)),  # added in v2
+    sa.Column("spec", sa.Text),  # v2: the JobSpec as JSON, to resume after a restart
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),  # v2
     sa.Index("ix_runs_gate", "target", "model", "candidate", "finished_at"),
 )
 
@@ -66,12 +77,66 @@ provenance = sa.Table(
 )
 
 
+fingerprints = sa.Table(
+    "fingerprints", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("target", sa.String(64), nullable=False, index=True),
+    sa.Column("hash", sa.String(64), nullable=False),
+    sa.Column("components", sa.Text, nullable=False),
+    sa.Column("probes", sa.Text, nullable=False),
+    sa.Column("observed_at", sa.Float, nullable=False),
+)
+
+component_changes = sa.Table(
+    "component_changes", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("target", sa.String(64), nullable=False, index=True),
+    sa.Column("component", sa.String(64), nullable=False),
+    sa.Column("old_value", sa.Text),
+    sa.Column("new_value", sa.Text),
+    sa.Column("observed_at", sa.Float, nullable=False),
+)
+
+sweeps = sa.Table(
+    "sweeps", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("kind", sa.String(16), nullable=False),  # scheduled | catch-up | manual
+    sa.Column("scheduled_for", sa.Float),
+    sa.Column("started_at", sa.Float, nullable=False),
+    sa.Column("finished_at", sa.Float),
+)
+
+target_status = sa.Table(
+    "target_status", metadata,
+    sa.Column("target", sa.String(64), primary_key=True),
+    sa.Column("state", sa.String(16), nullable=False),  # ok | unreachable | unschedulable
+    sa.Column("detail", sa.Text),
+    sa.Column("last_probe_at", sa.Float),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+
 def _v1(conn: Connection) -> None:
-    metadata.create_all(conn, tables=[runs, results, provenance])
+    v1 = sa.MetaData()
+    for table in (runs, results, provenance):
+        columns = [c.copy() for c in table.columns if c.name not in _V2_RUN_COLUMNS]
+        sa.Table(table.name, v1, *columns)
+    sa.Index("ix_runs_gate", v1.tables["runs"].c.target, v1.tables["runs"].c.model, v1.tables["runs"].c.candidate,
+             v1.tables["runs"].c.finished_at)
+    v1.create_all(conn)
+
+
+def _v2(conn: Connection) -> None:
+    """The daemon's state: queued jobs with their spec, stack history, sweeps, target states."""
+    for column in ("job_key VARCHAR(64)", "spec TEXT", "attempts INTEGER NOT NULL DEFAULT 0"):
+        conn.execute(sa.text(f"ALTER TABLE runs ADD COLUMN {column}"))
+    conn.execute(sa.text("CREATE INDEX ix_runs_job_key ON runs (job_key, status)"))
+    conn.execute(sa.text("CREATE INDEX ix_runs_status ON runs (status)"))
+    metadata.create_all(conn, tables=[fingerprints, component_changes, sweeps, target_status])
 
 
 # Ordered migrations; the index + 1 is the schema version each one produces. Append only.
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1]
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -126,25 +191,70 @@ class Ledger:
         with self.engine.connect() as conn:
             return conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar() or 0
 
-    # -- writing ------------------------------------------------------------------------------
-    def start_run(self, spec: JobSpec) -> str:
-        """Record a run as running, before its work starts; returns the run id."""
+    # -- runs -------------------------------------------------------------------------------
+    def enqueue(self, spec: JobSpec) -> str:
+        """Record a job as queued, with its full spec, before it is dispatched; returns the run id."""
         run_id = str(uuid.uuid4())
-        now = time.time()
         with self.engine.begin() as conn:
             conn.execute(runs.insert().values(
-                run_id=run_id, job_id=spec.job_id, trigger=spec.trigger, target=spec.target, model=spec.model,
-                candidate=spec.candidate, suite=spec.suite.name, status="running", config_hash=spec.config_hash,
-                created_at=now, started_at=now))
+                run_id=run_id, job_id=spec.job_id, job_key=spec.job_key or spec.job_id, trigger=spec.trigger,
+                target=spec.target, model=spec.model, candidate=spec.candidate, suite=spec.suite.name,
+                status=QUEUED, config_hash=spec.config_hash, created_at=time.time(),
+                spec=json.dumps(job_spec_to_dict(spec))))
         return run_id
 
-    def finish_run(self, run_id: str, result: JobResult) -> None:
-        """Status, results and provenance in one transaction."""
-        fingerprint = result.provenance.get("fingerprint", {}).get("hash")
+    def mark_running(self, run_id: str) -> None:
         with self.engine.begin() as conn:
             conn.execute(runs.update().where(runs.c.run_id == run_id).values(
+                status=RUNNING, started_at=time.time(), attempts=runs.c.attempts + 1))
+
+    def start_run(self, spec: JobSpec) -> str:
+        """Record a run as running, before its work starts; returns the run id."""
+        run_id = self.enqueue(spec)
+        self.mark_running(run_id)
+        return run_id
+
+    def requeue(self, run_id: str, reason: str) -> None:
+        """Back to queued (a retry, or work cancelled by a shutdown); the reason is kept as its error."""
+        with self.engine.begin() as conn:
+            conn.execute(runs.update().where(runs.c.run_id == run_id).where(runs.c.status.in_(UNFINISHED))
+                         .values(status=QUEUED, error=reason))
+
+    def close_unfinished(self, run_id: str, status: str, error: str) -> bool:
+        """End a run without results (unschedulable, cancelled); False if it had already ended."""
+        with self.engine.begin() as conn:
+            done = conn.execute(runs.update().where(runs.c.run_id == run_id).where(runs.c.status.in_(UNFINISHED))
+                                .values(status=status, verdict=ERROR_STATUS, error=error, error_kind="internal",
+                                        finished_at=time.time()))
+            return done.rowcount == 1
+
+    def unfinished(self) -> list[tuple[str, JobSpec]]:
+        """Queued or running runs (what a previous process left), oldest first, with their specs."""
+        query = (sa.select(runs.c.run_id, runs.c.spec).where(runs.c.status.in_(UNFINISHED))
+                 .where(runs.c.spec.is_not(None)).order_by(runs.c.created_at))
+        with self.engine.connect() as conn:
+            return [(r.run_id, job_spec_from_dict(json.loads(r.spec))) for r in conn.execute(query)]
+
+    def known_job_keys(self, keys: list[str]) -> set[str]:
+        """Of `keys`, those with a finished result or already queued/running (not to be run again)."""
+        found: set[str] = set()
+        with self.engine.connect() as conn:
+            for start in range(0, len(keys), 500):
+                chunk = keys[start:start + 500]
+                found.update(conn.execute(sa.select(runs.c.job_key).where(runs.c.job_key.in_(chunk)).where(
+                    runs.c.status.in_((FINISHED, *UNFINISHED)))).scalars())
+        return found
+
+    def finish_run(self, run_id: str, result: JobResult) -> bool:
+        """Status, results and provenance in one transaction, once: False if the run had already ended."""
+        fingerprint = result.provenance.get("fingerprint", {}).get("hash")
+        with self.engine.begin() as conn:
+            updated = conn.execute(runs.update().where(runs.c.run_id == run_id).where(
+                runs.c.status.in_(UNFINISHED)).values(
                 status=result.status, verdict=result.verdict, error=result.error, error_kind=result.error_kind,
                 fingerprint_hash=fingerprint, finished_at=result.finished_at or time.time()))
+            if updated.rowcount != 1:
+                return False
             if result.checks:
                 conn.execute(results.insert(), [{
                     "run_id": run_id, "check_name": c.check, "dimension": c.dimension, "value": c.value, "n": c.n,
@@ -152,6 +262,100 @@ class Ledger:
                     "verdict": c.verdict, "statistic": json.dumps(c.statistic)} for c in result.checks])
             if result.provenance:
                 conn.execute(provenance.insert().values(run_id=run_id, document=json.dumps(result.provenance)))
+        return True
+
+    # -- stacks ------------------------------------------------------------------------------
+    def record_fingerprint(self, target: str, stack: dict[str, Any]) -> dict[str, tuple[str | None, str | None]]:
+        """Store a target's probed stack; returns the component diff (old, new) against the last one.
+
+        The first observation of a target has no diff. Identical stacks add no history row.
+        """
+        now = time.time()
+        with self.engine.begin() as conn:
+            last = conn.execute(sa.select(fingerprints.c.hash, fingerprints.c.components)
+                                .where(fingerprints.c.target == target)
+                                .order_by(fingerprints.c.id.desc()).limit(1)).first()
+            diff: dict[str, tuple[str | None, str | None]] = {}
+            if last is None or last.hash != stack["hash"]:
+                conn.execute(fingerprints.insert().values(
+                    target=target, hash=stack["hash"], components=json.dumps(stack["components"]),
+                    probes=json.dumps(stack.get("probes", {})), observed_at=now))
+            if last is not None and last.hash != stack["hash"]:
+                old, new = json.loads(last.components), stack["components"]
+                diff = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
+                if diff:
+                    conn.execute(component_changes.insert(), [
+                        {"target": target, "component": k, "old_value": a, "new_value": b, "observed_at": now}
+                        for k, (a, b) in diff.items()])
+            self._set_target(conn, target, "ok", None, last_probe_at=now)
+        return diff
+
+    def latest_fingerprints(self) -> dict[str, dict[str, Any]]:
+        latest = sa.select(sa.func.max(fingerprints.c.id)).group_by(fingerprints.c.target)
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(fingerprints).where(fingerprints.c.id.in_(latest))).mappings()
+            return {r["target"]: {"hash": r["hash"], "components": json.loads(r["components"]),
+                                  "probes": json.loads(r["probes"]), "observed_at": r["observed_at"]} for r in rows}
+
+    def change_counts(self) -> dict[tuple[str, str], int]:
+        query = sa.select(component_changes.c.target, component_changes.c.component, sa.func.count()).group_by(
+            component_changes.c.target, component_changes.c.component)
+        with self.engine.connect() as conn:
+            return {(t, c): n for t, c, n in conn.execute(query)}
+
+    def changes(self, target: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        query = sa.select(component_changes).order_by(component_changes.c.id.desc()).limit(limit)
+        if target:
+            query = query.where(component_changes.c.target == target)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
+
+    def last_good_fingerprint(self, target: str, model: str, candidate: str) -> str | None:
+        """The fingerprint hash under which this candidate last passed on this target."""
+        query = (sa.select(runs.c.fingerprint_hash).where(runs.c.target == target).where(runs.c.model == model)
+                 .where(runs.c.candidate == candidate).where(runs.c.verdict == "pass")
+                 .order_by(runs.c.finished_at.desc()).limit(1))
+        with self.engine.connect() as conn:
+            return conn.execute(query).scalar()
+
+    # -- targets and sweeps --------------------------------------------------------------------
+    @staticmethod
+    def _set_target(conn: Connection, target: str, state: str, detail: str | None,
+                    last_probe_at: float | None = None) -> None:
+        now = time.time()
+        values = {"state": state, "detail": detail, "updated_at": now}
+        if last_probe_at is not None:
+            values["last_probe_at"] = last_probe_at
+        if conn.execute(target_status.update().where(target_status.c.target == target).values(**values)).rowcount == 0:
+            conn.execute(target_status.insert().values(target=target, **values))
+
+    def set_target_state(self, target: str, state: str, detail: str | None = None) -> None:
+        with self.engine.begin() as conn:
+            self._set_target(conn, target, state, detail)
+
+    def target_states(self) -> dict[str, dict[str, Any]]:
+        with self.engine.connect() as conn:
+            return {r["target"]: dict(r) for r in conn.execute(sa.select(target_status)).mappings()}
+
+    def start_sweep(self, kind: str, scheduled_for: float | None = None) -> int:
+        with self.engine.begin() as conn:
+            return conn.execute(sweeps.insert().values(kind=kind, scheduled_for=scheduled_for,
+                                                       started_at=time.time())).inserted_primary_key[0]
+
+    def finish_sweep(self, sweep_id: int) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(sweeps.update().where(sweeps.c.id == sweep_id).values(finished_at=time.time()))
+
+    def last_scheduled_sweep(self) -> float | None:
+        """When the last scheduled (or catch-up) sweep was due; None if there never was one."""
+        query = sa.select(sa.func.max(sa.func.coalesce(sweeps.c.scheduled_for, sweeps.c.started_at))).where(
+            sweeps.c.kind.in_(("scheduled", "catch-up")))
+        with self.engine.connect() as conn:
+            return conn.execute(query).scalar()
+
+    def sweeps(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(sa.select(sweeps).order_by(sweeps.c.id)).mappings()]
 
     # -- reading ------------------------------------------------------------------------------
     def run(self, run_id: str) -> dict[str, Any] | None:
@@ -167,7 +371,7 @@ class Ledger:
             return out
 
     def history(self, limit: int = 50, model: str | None = None, target: str | None = None) -> list[dict[str, Any]]:
-        query = sa.select(runs).order_by(runs.c.created_at.desc()).limit(limit)
+        query = sa.select(*[c for c in runs.c if c.name != "spec"]).order_by(runs.c.created_at.desc()).limit(limit)
         if model:
             query = query.where(runs.c.model == model)
         if target:
@@ -176,8 +380,8 @@ class Ledger:
             return [dict(r) for r in conn.execute(query).mappings()]
 
     def gates(self) -> list[dict[str, Any]]:
-        """The latest finished or errored run per (target, model, candidate)."""
-        done = runs.c.status != "running"
+        """The latest ended run per (target, model, candidate)."""
+        done = runs.c.status.not_in(UNFINISHED)
         latest = (sa.select(runs.c.target, runs.c.model, runs.c.candidate,
                             sa.func.max(runs.c.finished_at).label("finished_at"))
                   .where(done).group_by(runs.c.target, runs.c.model, runs.c.candidate).subquery())

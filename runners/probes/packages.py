@@ -19,18 +19,16 @@ def distribution(*names: str) -> metadata.Distribution:
     raise NotApplicable(f"none of {', '.join(names)} is installed")
 
 
-def file_names(dist: metadata.Distribution) -> set[str]:
-    return {Path(str(f)).name for f in dist.files or []}
+def package_path(dist: metadata.Distribution, relative: str) -> Path:
+    """Where a file of the distribution would be (reading its RECORD is slow for big packages)."""
+    return Path(str(dist.locate_file(relative)))
 
 
 def read_package_file(dist: metadata.Distribution, relative: str) -> str | None:
-    for f in dist.files or []:
-        if str(f).replace("\\", "/") == relative:
-            try:
-                return Path(dist.locate_file(f)).read_text()
-            except OSError:
-                return None
-    return None
+    try:
+        return package_path(dist, relative).read_text()
+    except OSError:
+        return None
 
 
 def assigned_string(source: str, name: str) -> str | None:
