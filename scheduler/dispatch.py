@@ -1,18 +1,21 @@
-"""Run JobSpecs as Ray tasks, each pinned to its target, and hand back JobResults.
+"""Run jobs as Ray tasks, each pinned to its target's nodes.
 
 Every job is a Ray task, also for the single local target: the embedded default starts a
-local Ray on 127.0.0.1. Each wait has a deadline; a job that crashes its worker, raises,
-or outlives its timeout becomes that job's error and the other jobs go on.
+local Ray on 127.0.0.1. Every wait has a deadline. Per target, at most `max_concurrent_jobs`
+run at once. A worker or node failure is retried with exponential backoff (the ledger's run
+id makes the retry idempotent); a job that no node can take is recorded as unschedulable
+once its deadline passes, never left pending; a job past its timeout is cancelled; on stop,
+in-flight jobs get a drain deadline, then are cancelled and handed back for the next start.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
-from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Protocol
 
 from runners.contracts import ERROR, JobResult, JobSpec
 from scheduler.config import LoadedConfig
@@ -23,10 +26,23 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 # Fraction of a target's custom resource one job asks for: pins the task without limiting it.
 PIN_AMOUNT = 0.001
+# Longest single wait, so that stop requests and deadlines are noticed promptly.
+_TICK_SECONDS = 0.25
 
 
 class InfrastructureError(RuntimeError):
     """Ray cannot be started or reached."""
+
+
+class Listener(Protocol):
+    """Where the dispatcher reports each job's fate (the ledger, in practice)."""
+
+    def started(self, run_id: str, spec: JobSpec) -> None: ...
+    def finished(self, run_id: str, spec: JobSpec, result: JobResult) -> None: ...
+    def retrying(self, run_id: str, spec: JobSpec, reason: str) -> None: ...
+    def ended(self, run_id: str, spec: JobSpec, status: str, reason: str) -> None: ...
+    def handed_back(self, run_id: str, spec: JobSpec, reason: str) -> None: ...
+    def target_state(self, target: str, state: str, detail: str | None) -> None: ...
 
 
 def check_reachable(address: str, timeout: float = 5.0) -> None:
@@ -48,6 +64,13 @@ def _execute(spec: JobSpec) -> JobResult:
     return run_job(spec)
 
 
+def _probe(custom: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The probe task body: the stack of the node it lands on."""
+    from runners.probes import probe_stack
+
+    return probe_stack(custom=custom)
+
+
 def placement_options(where: str | Placement) -> dict[str, Any]:
     """Ray task options that pin a job to its target's nodes."""
     if where == "local" or not isinstance(where, Placement):
@@ -63,8 +86,18 @@ def error_result(spec: JobSpec, message: str, started: float) -> JobResult:
 
 
 @dataclass
-class _InFlight:
+class _Pending:
+    run_id: str
     spec: JobSpec
+    queued_at: float
+    attempt: int = 0
+    not_before: float = 0.0
+    waiting_since: float | None = None  # since when no node could take it
+
+
+@dataclass
+class _Running:
+    pending: _Pending
     submitted: float
 
 
@@ -75,8 +108,12 @@ class RayDispatcher:
         self.startup_seconds = 0.0
         self._started_ray = False
         self._ray: Any = None
-        self._task: Any = None
+        self._pending: list[_Pending] = []
+        self._running: dict[Any, _Running] = {}
+        self._lock = threading.Lock()
+        self.stopping = threading.Event()
 
+    # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
         started = time.perf_counter()
         import ray
@@ -97,59 +134,204 @@ class RayDispatcher:
         except Exception as exc:  # ray raises ConnectionError, RuntimeError, ValueError...
             where = self.address or "an embedded local Ray"
             raise InfrastructureError(f"cannot start or reach {where}: {exc}") from exc
-        # Workers may crash mid-job: retry crashes once; the harness itself never raises.
-        self._task = ray.remote(max_retries=1)(_execute)
+        # Retries are ours (with backoff, recorded in the ledger), not Ray's.
+        self._job_task = ray.remote(max_retries=0)(_execute)
+        self._probe_task = ray.remote(max_retries=0, num_cpus=0)(_probe)
         self.startup_seconds = time.perf_counter() - started
-
-    def run(self, jobs: list[JobSpec], on_start: Callable[[JobSpec], Any],
-            on_done: Callable[[JobSpec, JobResult], None]) -> None:
-        """Dispatch every job, honouring each target's concurrency limit and the job timeout."""
-        ray = self._ray
-        cfg = self.loaded.config
-        timeout = cfg.ray.job_timeout_seconds
-        queues: dict[str, deque[JobSpec]] = {}
-        for spec in jobs:
-            queues.setdefault(spec.target, deque()).append(spec)
-        running: dict[Any, _InFlight] = {}
-        per_target = {name: 0 for name in queues}
-
-        def submit_ready() -> None:
-            for target, queue in queues.items():
-                limit = cfg.targets[target].max_concurrent_jobs
-                while queue and per_target[target] < limit:
-                    spec = queue.popleft()
-                    on_start(spec)
-                    ref = self._task.options(**placement_options(cfg.targets[target].where)).remote(spec)
-                    running[ref] = _InFlight(spec, time.time())
-                    per_target[target] += 1
-
-        submit_ready()
-        while running:
-            now = time.time()
-            next_deadline = min(f.submitted + timeout for f in running.values())
-            done, _ = ray.wait(list(running), num_returns=1, timeout=max(0.0, next_deadline - now))
-            for ref in done:
-                flight = running.pop(ref)
-                per_target[flight.spec.target] -= 1
-                on_done(flight.spec, self._collect(ref, flight))
-            for ref, flight in list(running.items()):
-                if time.time() >= flight.submitted + timeout:
-                    ray.cancel(ref, force=True)
-                    running.pop(ref)
-                    per_target[flight.spec.target] -= 1
-                    on_done(flight.spec, error_result(
-                        flight.spec, f"timed out after {timeout:g}s (no result from target {flight.spec.target!r})",
-                        flight.submitted))
-            submit_ready()
-
-    def _collect(self, ref: Any, flight: _InFlight) -> JobResult:
-        try:
-            return self._ray.get(ref)
-        except self._ray.exceptions.RayError as exc:
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            return error_result(flight.spec, f"{type(exc).__name__}: {first_line}", flight.submitted)
 
     def shutdown(self) -> None:
         if self._started_ray and self._ray is not None:
             self._ray.shutdown()
             self._started_ray = False
+
+    # -- probing ------------------------------------------------------------------------------
+    def probe(self, targets: list[str], timeout: float) -> dict[str, dict[str, Any] | str]:
+        """Each target's stack, probed on its own nodes: {target: stack} or {target: why not}."""
+        ray, cfg = self._ray, self.loaded.config
+        out: dict[str, dict[str, Any] | str] = {}
+        refs = {}
+        available = self._available()
+        for name in targets:
+            target = cfg.targets[name]
+            if not self._placeable(target.where, available):
+                out[name] = "no node offers this target"
+                continue
+            custom = {k: p.model_dump(exclude_none=True, exclude={"affects"}) for k, p in target.probes.items()}
+            refs[self._probe_task.options(**placement_options(target.where)).remote(custom)] = name
+        ready, missing = ray.wait(list(refs), num_returns=len(refs), timeout=timeout) if refs else ([], [])
+        for ref in ready:
+            try:
+                out[refs[ref]] = ray.get(ref)
+            except ray.exceptions.RayError as exc:
+                out[refs[ref]] = f"probe failed: {type(exc).__name__}"
+        for ref in missing:
+            ray.cancel(ref, force=True)
+            out[refs[ref]] = f"probe timed out after {timeout:g}s"
+        return out
+
+    # -- jobs ---------------------------------------------------------------------------------
+    def submit(self, jobs: list[tuple[str, JobSpec]]) -> None:
+        """Add (run_id, spec) pairs to the queue; thread-safe."""
+        now = time.time()
+        with self._lock:
+            self._pending += [_Pending(run_id, spec, now) for run_id, spec in jobs]
+
+    @property
+    def busy(self) -> bool:
+        with self._lock:
+            return bool(self._pending or self._running)
+
+    def in_flight(self) -> dict[str, int]:
+        with self._lock:
+            return {"queued": len(self._pending), "running": len(self._running)}
+
+    def run_until_idle(self, listener: Listener) -> None:
+        """Work until nothing is queued or running (the one-shot `validate`)."""
+        while self.busy and not self.stopping.is_set():
+            self.step(listener)
+
+    def serve(self, listener: Listener, stop: threading.Event) -> None:
+        """Work until `stop` is set (the daemon)."""
+        while not stop.is_set():
+            if self.busy:
+                self.step(listener)
+            else:
+                stop.wait(_TICK_SECONDS)
+
+    def drain(self, listener: Listener, deadline_seconds: float) -> None:
+        """Stop starting jobs; let running ones finish until the deadline, then cancel them.
+
+        Everything not finished is handed back to the listener (queued again for the next start).
+        """
+        self.stopping.set()
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for p in pending:
+            listener.handed_back(p.run_id, p.spec, "not started before shutdown")
+        until = time.monotonic() + deadline_seconds
+        while self._running and time.monotonic() < until:
+            self._collect(listener, min(_TICK_SECONDS, max(0.0, until - time.monotonic())))
+        for ref, flight in list(self._running.items()):
+            self._ray.cancel(ref, force=True)
+            del self._running[ref]
+            listener.handed_back(flight.pending.run_id, flight.pending.spec, "cancelled by shutdown")
+
+    def step(self, listener: Listener) -> None:
+        self._start_ready(listener)
+        self._collect(listener, _TICK_SECONDS)
+        self._expire(listener)
+
+    # -- internals ----------------------------------------------------------------------------
+    def _available(self) -> tuple[dict[str, float], list[dict[str, str]]]:
+        ray = self._ray
+        labels = [n.get("Labels", {}) or {} for n in ray.nodes() if n.get("Alive")]
+        return ray.cluster_resources(), labels
+
+    @staticmethod
+    def _placeable(where: str | Placement, available: tuple[dict[str, float], list[dict[str, str]]]) -> bool:
+        resources, labels = available
+        if where == "local" or not isinstance(where, Placement):
+            return True
+        if where.resource is not None:
+            return resources.get(where.resource, 0) > 0
+        return any(all(node.get(k) == v for k, v in (where.labels or {}).items()) for node in labels)
+
+    def _start_ready(self, listener: Listener) -> None:
+        cfg = self.loaded.config
+        if self.stopping.is_set():
+            return
+        now = time.time()
+        with self._lock:
+            if not self._pending:
+                return
+            pending = list(self._pending)
+        available = self._available()
+        per_target: dict[str, int] = {}
+        for flight in self._running.values():
+            per_target[flight.pending.spec.target] = per_target.get(flight.pending.spec.target, 0) + 1
+        placeable: dict[str, bool] = {}
+        for p in pending:
+            target = cfg.targets.get(p.spec.target)
+            if target is None:  # the target left the config while the job waited
+                self._drop(p)
+                listener.ended(p.run_id, p.spec, "unschedulable", f"target {p.spec.target!r} is no longer configured")
+                continue
+            if p.not_before > now or per_target.get(p.spec.target, 0) >= target.max_concurrent_jobs:
+                continue
+            if p.spec.target not in placeable:
+                placeable[p.spec.target] = self._placeable(target.where, available)
+            if not placeable[p.spec.target]:
+                p.waiting_since = p.waiting_since or now
+                continue
+            p.waiting_since = None
+            self._drop(p)
+            listener.started(p.run_id, p.spec)
+            ref = self._job_task.options(**placement_options(target.where)).remote(p.spec)
+            self._running[ref] = _Running(p, time.time())
+            per_target[p.spec.target] = per_target.get(p.spec.target, 0) + 1
+
+    def _drop(self, p: _Pending) -> None:
+        with self._lock:
+            self._pending.remove(p)
+
+    def _collect(self, listener: Listener, timeout: float) -> None:
+        if not self._running:
+            if timeout:
+                time.sleep(min(timeout, _TICK_SECONDS))
+            return
+        done, _ = self._ray.wait(list(self._running), num_returns=1, timeout=timeout)
+        for ref in done:
+            flight = self._running.pop(ref)
+            self._settle(listener, ref, flight)
+
+    def _settle(self, listener: Listener, ref: Any, flight: _Running) -> None:
+        ray, p = self._ray, flight.pending
+        try:
+            listener.finished(p.run_id, p.spec, ray.get(ref))
+            return
+        except ray.exceptions.TaskCancelledError:
+            listener.handed_back(p.run_id, p.spec, "cancelled")
+            return
+        except ray.exceptions.RayTaskError as exc:  # an exception the harness did not catch
+            listener.finished(p.run_id, p.spec, error_result(p.spec, _first_line(exc), flight.submitted))
+            return
+        except ray.exceptions.RayError as exc:  # worker crash, node death, lost object: retry
+            reason = f"{type(exc).__name__}: {_first_line(exc)}"
+        cfg = self.loaded.config.ray
+        p.attempt += 1
+        if p.attempt >= cfg.max_attempts:
+            listener.finished(p.run_id, p.spec, error_result(
+                p.spec, f"{reason} (gave up after {p.attempt} attempts)", flight.submitted))
+            return
+        p.not_before = time.time() + cfg.retry_backoff_seconds * 2 ** (p.attempt - 1)
+        listener.retrying(p.run_id, p.spec, reason)
+        with self._lock:
+            self._pending.append(p)
+
+    def _expire(self, listener: Listener) -> None:
+        """Deadlines: running past the job timeout, or waiting for a node past the unschedulable limit."""
+        cfg = self.loaded.config.ray
+        now = time.time()
+        for ref, flight in list(self._running.items()):
+            if now - flight.submitted >= cfg.job_timeout_seconds:
+                self._ray.cancel(ref, force=True)
+                del self._running[ref]
+                spec = flight.pending.spec
+                listener.finished(flight.pending.run_id, spec, error_result(
+                    spec, f"timed out after {cfg.job_timeout_seconds:g}s (no result from target {spec.target!r})",
+                    flight.submitted))
+        with self._lock:
+            expired = [p for p in self._pending
+                       if p.waiting_since is not None and now - p.waiting_since >= cfg.unschedulable_after_seconds]
+            for p in expired:
+                self._pending.remove(p)
+        for target in sorted({p.spec.target for p in expired}):
+            listener.target_state(target, "unschedulable", "no Ray node offers this target")
+        for p in expired:
+            listener.ended(p.run_id, p.spec, "unschedulable",
+                           f"no node could take it for {cfg.unschedulable_after_seconds:g}s (target {p.spec.target!r})")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,17 +1,62 @@
-"""Turn a validated config into JobSpecs: one per applicable (target, model, candidate, suite)."""
+"""Turn events into JobSpecs: which (target, model, candidate, suite) to run, and whether it
+already ran.
+
+A job's key hashes everything its result depends on: the part of the target's stack
+fingerprint that can affect its runners, the artifact and calibration set hashes, the suite
+data hash and the check configuration. A key that already has a result (or is queued) is
+not planned again unless forced. Keys are built from per-target and per-candidate parts
+computed once per planning pass, so a pass over 10^5 jobs costs one small hash per job.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
 
 from runners.contracts import ArtifactSpec, CheckSpec, JobSpec, SuiteSpec
 from scheduler.config import LoadedConfig
 from scheduler.config.schema import Suite
+from scheduler.events import ConfigChanged, Event, Manual, Plan, Scheduled, StackChanged
+from scheduler.impact import affects, relevant_components
 
 
 class SelectionError(ValueError):
     """A --target or --model that names nothing in the config."""
+
+
+def _digest(*parts: object) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+class FileHasher:
+    """sha256 of files, cached by (path, size, mtime): a poll does not re-read unchanged artifacts."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, tuple[tuple[int, int], str]] = {}
+
+    def __call__(self, path: str) -> str:
+        try:
+            stat = os.stat(path)
+        except OSError:
+            return "missing"
+        stamp = (stat.st_size, stat.st_mtime_ns)
+        cached = self._cache.get(path)
+        if cached and cached[0] == stamp:
+            return cached[1]
+        digest = hashlib.sha256()
+        if Path(path).is_dir():
+            for child in sorted(p for p in Path(path).rglob("*") if p.is_file()):
+                digest.update(str(child.relative_to(path)).encode() + self(str(child)).encode())
+        else:
+            with open(path, "rb") as handle:
+                for chunk in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(chunk)
+        self._cache[path] = (stamp, digest.hexdigest())
+        return digest.hexdigest()
 
 
 def suite_spec(loaded: LoadedConfig, name: str, suite: Suite) -> SuiteSpec:
@@ -27,39 +72,109 @@ def suite_spec(loaded: LoadedConfig, name: str, suite: Suite) -> SuiteSpec:
                      output_kind=suite.output)
 
 
-def job_id(*parts: object) -> str:
-    """A stable id for the same work on the same inputs of the config."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+@dataclass(frozen=True)
+class _Work:
+    """One (model, candidate, suite), independent of the target."""
+
+    model: str
+    candidate: str
+    baseline: ArtifactSpec
+    artifact: ArtifactSpec
+    suite: SuiteSpec
+    runners: frozenset[str]
+    targets: tuple[str, ...] | None
+    key: str  # hashes of artifacts, calibration set, suite data and check config
 
 
-def plan(loaded: LoadedConfig, target: str | None = None, model: str | None = None,
-         trigger: str = "manual") -> list[JobSpec]:
-    cfg = loaded.config
-    if target is not None and target not in cfg.targets:
-        raise SelectionError(f"--target {target!r}: no such target in {loaded.path} (have {sorted(cfg.targets)})")
-    if model is not None and model not in cfg.models:
-        raise SelectionError(f"--model {model!r}: no such model in {loaded.path} (have {sorted(cfg.models)})")
-    jobs = []
-    for model_name, m in cfg.models.items():
-        if model is not None and model_name != model:
-            continue
-        baseline = ArtifactSpec(path=loaded.resolve(m.baseline.path), runner=m.baseline.runner)
-        for target_name, t in cfg.targets.items():
-            if (target is not None and target_name != target) or (m.targets is not None and target_name not in m.targets):
-                continue
+class Planner:
+    def __init__(self, loaded: LoadedConfig, hasher: FileHasher | None = None) -> None:
+        self.loaded = loaded
+        self.hasher = hasher or FileHasher()
+        self._work: list[_Work] | None = None
+
+    def work(self) -> list[_Work]:
+        """Every (model, candidate, suite) of the config, with its content key (files hashed once)."""
+        if self._work is not None:
+            return self._work
+        cfg, loaded = self.loaded.config, self.loaded
+        items = []
+        suites = {name: suite_spec(loaded, name, s) for name, s in cfg.suites.items()}
+        for model_name, m in cfg.models.items():
+            baseline = ArtifactSpec(path=loaded.resolve(m.baseline.path), runner=m.baseline.runner)
             for cand_name, cand in m.candidates.items():
-                if not {m.baseline.runner, cand.runner} <= set(t.runners):
-                    continue
                 quantization = cand.quantization.model_dump(exclude_none=True)
                 if cand.quantization.calibration_set:
                     quantization["calibration_set"] = loaded.resolve(cand.quantization.calibration_set)
                 artifact = ArtifactSpec(path=loaded.resolve(cand.path), runner=cand.runner, quantization=quantization)
                 for suite_name in m.suites:
-                    suite = suite_spec(loaded, suite_name, cfg.suites[suite_name])
-                    jobs.append(JobSpec(
-                        job_id=job_id(target_name, model_name, cand_name, suite_name, loaded.hash),
-                        target=target_name, model=model_name, candidate=cand_name, baseline=baseline,
-                        candidate_artifact=artifact, suite=suite,
-                        runner_options=t.options.model_dump(exclude_none=True),
-                        batch_size=t.batch_size or cfg.batch_size, trigger=trigger, config_hash=loaded.hash))
-    return jobs
+                    suite = suites[suite_name]
+                    key = _digest(self.hasher(baseline.path), self.hasher(artifact.path), quantization,
+                                  self.hasher(quantization["calibration_set"]) if "calibration_set" in quantization
+                                  else None, self.hasher(suite.data), suite)
+                    items.append(_Work(model_name, cand_name, baseline, artifact, suite,
+                                       frozenset({baseline.runner, artifact.runner}),
+                                       tuple(m.targets) if m.targets is not None else None, key))
+        self._work = items
+        return items
+
+    def jobs(self, trigger: str, fingerprints: dict[str, dict] | None = None, target: str | None = None,
+             model: str | None = None, changed: dict[str, tuple] | None = None) -> list[JobSpec]:
+        """Every applicable job (optionally one target/model, or only those a change affects)."""
+        cfg = self.loaded.config
+        if target is not None and target not in cfg.targets:
+            raise SelectionError(f"--target {target!r}: no such target in {self.loaded.path} "
+                                 f"(have {sorted(cfg.targets)})")
+        if model is not None and model not in cfg.models:
+            raise SelectionError(f"--model {model!r}: no such model in {self.loaded.path} (have {sorted(cfg.models)})")
+        fingerprints = fingerprints or {}
+        jobs = []
+        for target_name in ([target] if target else cfg.targets):
+            t = cfg.targets[target_name]
+            offered = set(t.runners)
+            components = fingerprints.get(target_name, {}).get("components", {})
+            target_parts: dict[frozenset[str], str] = {}  # runner set -> hash of the relevant stack
+            options = t.options.model_dump(exclude_none=True)
+            probes = {name: p.model_dump(exclude_none=True, exclude={"affects"}) for name, p in t.probes.items()}
+            batch = t.batch_size or cfg.batch_size
+            for w in self.work():
+                if (model and w.model != model) or not w.runners <= offered or \
+                        (w.targets is not None and target_name not in w.targets):
+                    continue
+                if changed is not None and not any(affects(cfg, target_name, c, r) for c in changed for r in w.runners):
+                    continue
+                if w.runners not in target_parts:
+                    relevant = relevant_components(cfg, target_name, components, set(w.runners))
+                    target_parts[w.runners] = _digest(target_name, relevant or "unprobed", options, batch)
+                key = hashlib.sha256(f"{target_parts[w.runners]}/{w.key}".encode()).hexdigest()[:24]
+                jobs.append(JobSpec(
+                    job_id=key, job_key=key, target=target_name, model=w.model, candidate=w.candidate,
+                    baseline=w.baseline, candidate_artifact=w.artifact, suite=w.suite, runner_options=options,
+                    batch_size=batch, trigger=trigger, config_hash=self.loaded.hash, probes=probes))
+        return jobs
+
+    def plan(self, event: Event, fingerprints: dict[str, dict],
+             known_keys: Callable[[list[str]], set[str]]) -> Plan:
+        """The jobs an event calls for, less those whose key already has a result (unless forced)."""
+        if isinstance(event, StackChanged):
+            jobs = self.jobs(event.trigger, fingerprints, target=event.target, changed=event.diff)
+        elif isinstance(event, Manual):
+            jobs = self.jobs(event.trigger, fingerprints, target=event.target)
+        elif isinstance(event, (Scheduled, ConfigChanged)):
+            jobs = self.jobs(event.trigger, fingerprints)
+        else:
+            raise TypeError(f"unknown event {event!r}")
+        unique = list({j.job_key: j for j in jobs}.values())
+        if isinstance(event, Manual) and event.force:
+            return Plan(unique)
+        known = known_keys([j.job_key for j in unique])
+        return Plan([j for j in unique if j.job_key not in known], skipped_known=len(known))
+
+
+def plan(loaded: LoadedConfig, target: str | None = None, model: str | None = None,
+         trigger: str = "manual") -> list[JobSpec]:
+    """Every applicable job now (the one-shot `validate`): no dedupe, the stack is probed by each job."""
+    return Planner(loaded).jobs(trigger, target=target, model=model)
+
+
+def targets_of(jobs: Iterable[JobSpec]) -> set[str]:
+    return {j.target for j in jobs}

@@ -1,14 +1,17 @@
-"""One validation pass: plan the jobs, record each in the ledger, dispatch on Ray, record results."""
+"""Recording dispatched work in the ledger, and the one-shot validation pass built on it."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Callable
 
-from runners.contracts import ERROR, FAIL, PASS, JobResult, JobSpec
+from runners.contracts import ERROR, PASS, JobResult, JobSpec
 from scheduler.config import LoadedConfig
-from scheduler.dispatch import RayDispatcher
+from scheduler.dispatch import RayDispatcher, error_result
 from scheduler.ledger import Ledger
+
+log = logging.getLogger("revalidator.jobs")
 
 # Exit codes (the CLI contract).
 EXIT_PASS, EXIT_GATE_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
@@ -37,30 +40,63 @@ class ValidationReport:
             return EXIT_GATE_FAILED
         return EXIT_PASS
 
-    @property
-    def failed(self) -> list[RunRecord]:
-        return [r for r in self.records if r.result.verdict == FAIL]
+
+class LedgerListener:
+    """Writes every state change of a dispatched job to the ledger, and logs it."""
+
+    def __init__(self, ledger: Ledger, on_result: Callable[[RunRecord], None] | None = None) -> None:
+        self.ledger = ledger
+        self.on_result = on_result
+
+    def started(self, run_id: str, spec: JobSpec) -> None:
+        self.ledger.mark_running(run_id)
+        log.info("job started", extra={"fields": _fields(run_id, spec)})
+
+    def finished(self, run_id: str, spec: JobSpec, result: JobResult) -> None:
+        recorded = self.ledger.finish_run(run_id, result)
+        log.info("job finished", extra={"fields": {**_fields(run_id, spec), "verdict": result.verdict,
+                                                   "error": result.error, "recorded": recorded,
+                                                   "seconds": round(result.finished_at - result.started_at, 3)}})
+        if recorded and self.on_result:
+            self.on_result(RunRecord(run_id, spec, result))
+
+    def retrying(self, run_id: str, spec: JobSpec, reason: str) -> None:
+        self.ledger.requeue(run_id, reason)
+        log.warning("job retrying", extra={"fields": {**_fields(run_id, spec), "reason": reason}})
+
+    def ended(self, run_id: str, spec: JobSpec, status: str, reason: str) -> None:
+        recorded = self.ledger.close_unfinished(run_id, status, reason)
+        log.warning(f"job {status}", extra={"fields": {**_fields(run_id, spec), "reason": reason}})
+        if recorded and self.on_result:
+            self.on_result(RunRecord(run_id, spec, error_result(spec, f"{status}: {reason}", 0.0)))
+
+    def handed_back(self, run_id: str, spec: JobSpec, reason: str) -> None:
+        self.ledger.requeue(run_id, reason)
+        log.info("job handed back", extra={"fields": {**_fields(run_id, spec), "reason": reason}})
+
+    def target_state(self, target: str, state: str, detail: str | None) -> None:
+        self.ledger.set_target_state(target, state, detail)
+        log.warning("target state", extra={"fields": {"target": target, "state": state, "detail": detail}})
+
+
+def _fields(run_id: str, spec: JobSpec) -> dict[str, str]:
+    return {"run_id": run_id, "target": spec.target, "model": spec.model, "candidate": spec.candidate,
+            "suite": spec.suite.name, "trigger": spec.trigger}
 
 
 def run_validation(loaded: LoadedConfig, jobs: list[JobSpec], ledger: Ledger,
                    dispatcher: RayDispatcher, progress: Callable[[int, int, RunRecord], None] | None = None,
                    ) -> ValidationReport:
-    """Dispatch `jobs` on a started dispatcher; every run is in the ledger before it starts."""
+    """Dispatch `jobs` on a started dispatcher until all have ended; every job is queued in the ledger first."""
     report = ValidationReport(ray_startup_seconds=dispatcher.startup_seconds)
-    run_ids: dict[str, str] = {}
 
-    def on_start(spec: JobSpec) -> None:
-        run_ids[spec.job_id] = ledger.start_run(spec)
-
-    def on_done(spec: JobSpec, result: JobResult) -> None:
-        run_id = run_ids[spec.job_id]
-        ledger.finish_run(run_id, result)
-        record = RunRecord(run_id, spec, result)
+    def collect(record: RunRecord) -> None:
         report.records.append(record)
         if progress:
             progress(len(report.records), len(jobs), record)
 
-    dispatcher.run(jobs, on_start, on_done)
+    dispatcher.submit([(ledger.enqueue(spec), spec) for spec in jobs])
+    dispatcher.run_until_idle(LedgerListener(ledger, collect))
     order = {spec.job_id: i for i, spec in enumerate(jobs)}
     report.records.sort(key=lambda r: order[r.spec.job_id])
     return report

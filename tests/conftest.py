@@ -52,7 +52,7 @@ def demo_config(demo: Path, ledger: Path, candidates: tuple[str, ...] = ("ort-in
     cands = "\n".join(lines)
     return f"""version: 1
 ledger: sqlite:///{ledger}
-ray: {{job_timeout_seconds: 300}}
+ray: {{job_timeout_seconds: 300, retry_backoff_seconds: 0.2, max_attempts: 2}}
 targets:
   local-cpu:
     runners: [onnxruntime, torch]

@@ -51,12 +51,34 @@ class Placement(Strict):
         return self
 
 
+class CustomProbe(Strict):
+    """A stack component the config declares: a file provisioning writes, or a command's output."""
+
+    file: str | None = None
+    command: list[str] | None = Field(default=None, min_length=1)
+    timeout_seconds: float = Field(default=10, gt=0, le=300)
+    affects: list[Literal[RUNNERS]] | Literal["all", "gpu"] = "all"  # type: ignore[valid-type]
+
+    @model_validator(mode="after")
+    def one_source(self) -> "CustomProbe":
+        if (self.file is None) == (self.command is None):
+            raise ValueError("give exactly one of 'file' or 'command'")
+        return self
+
+
 class Target(Strict):
     where: Literal["local"] | Placement = "local"
     runners: list[Literal[RUNNERS]] = Field(min_length=1)  # type: ignore[valid-type]
     options: RunnerOptions = Field(default_factory=RunnerOptions)
     batch_size: int | None = Field(default=None, ge=1, le=1_000_000)
     max_concurrent_jobs: int = Field(default=1, ge=1, le=1024)
+    probes: dict[str, CustomProbe] = Field(default_factory=dict)
+
+    @field_validator("probes")
+    @classmethod
+    def probe_names(cls, value: dict[str, CustomProbe]) -> dict[str, CustomProbe]:
+        _check_names(value)
+        return value
 
 
 class Quantization(Strict):
@@ -126,6 +148,17 @@ class RaySettings(Strict):
     address: str | None = None  # None: start an embedded local Ray
     job_timeout_seconds: float = Field(default=1800, gt=0)
     num_cpus: int | None = Field(default=None, ge=1)
+    # A job that no node can take (its target's resource is nowhere) is recorded as
+    # unschedulable after this long, never left pending.
+    unschedulable_after_seconds: float = Field(default=300, gt=0)
+    max_attempts: int = Field(default=3, ge=1, le=20)  # on worker or node failure
+    retry_backoff_seconds: float = Field(default=5, ge=0)  # doubled after each failed attempt
+
+
+class DaemonSettings(Strict):
+    listen: str = Field(default="127.0.0.1:9108", pattern=r"^[^:\s]+:\d{1,5}$")
+    drain_seconds: float = Field(default=20, ge=0)  # on SIGTERM: finish in-flight jobs this long, then cancel
+    log_format: Literal["json", "text"] = "json"
 
 
 class Config(Strict):
@@ -134,6 +167,9 @@ class Config(Strict):
     batch_size: int = Field(default=1024, ge=1, le=1_000_000)
     ray: RaySettings = Field(default_factory=RaySettings)
     schedule: Schedule = Field(default_factory=Schedule)
+    daemon: DaemonSettings = Field(default_factory=DaemonSettings)
+    # Which runners a component's change affects, beyond the defaults of scheduler/impact.py.
+    impact: dict[str, list[Literal[RUNNERS]] | Literal["all", "gpu"]] = Field(default_factory=dict)  # type: ignore
     targets: dict[str, Target] = Field(min_length=1)
     models: dict[str, Model] = Field(min_length=1)
     suites: dict[str, Suite] = Field(min_length=1)

@@ -62,9 +62,9 @@ def test_worker_crash_is_that_jobs_error_and_others_go_on(setup) -> None:
     assert verdicts["ort-w4a2"].verdict == "fail"
     crashed = verdicts["crashes"]
     assert crashed.verdict == "error" and crashed.error_kind == "internal"
-    assert "WorkerCrashedError" in crashed.error or "died" in crashed.error.lower()
+    assert "WorkerCrashedError" in crashed.error and "gave up after 2 attempts" in crashed.error
     stored = [h for h in ledger.history() if h["candidate"] == "crashes"][0]
-    assert stored["status"] == "error" and stored["error"] == crashed.error
+    assert stored["status"] == "error" and stored["error"] == crashed.error and stored["attempts"] == 2
     assert report.exit_code() == 3
 
 
