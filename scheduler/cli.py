@@ -140,6 +140,64 @@ def cmd_report(args: argparse.Namespace) -> int:
     return EXIT_PASS
 
 
+def cmd_daemon(args: argparse.Namespace) -> int:
+    from scheduler.daemon import run_daemon
+
+    return run_daemon(args.config, listen=args.listen)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Ask the running daemon for a sweep; with none running, sweep once here."""
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    loaded = _load(args)
+    if args.target is not None and args.target not in loaded.config.targets:
+        raise UsageError(f"--target {args.target!r}: no such target in {args.config}")
+    query = urllib.parse.urlencode({k: v for k, v in (("target", args.target), ("force", "1" if args.force else None))
+                                    if v})
+    url = f"http://{loaded.config.daemon.listen}/sweep?{query}"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=5) as answer:
+            print(f"sweep queued by the daemon at {loaded.config.daemon.listen}: {answer.read().decode().strip()}")
+            return EXIT_PASS
+    except urllib.error.HTTPError as exc:
+        raise UsageError(f"the daemon refused the sweep: {exc.read().decode().strip()}") from exc
+    except (urllib.error.URLError, OSError):
+        print(f"no daemon at {loaded.config.daemon.listen}; sweeping once here", file=sys.stderr)
+    return _sweep_once(loaded, args)
+
+
+def _sweep_once(loaded: LoadedConfig, args: argparse.Namespace) -> int:
+    from scheduler import report as render
+    from scheduler.dispatch import RayDispatcher
+    from scheduler.events import Manual
+    from scheduler.ledger import Ledger
+    from scheduler.planning import Planner
+    from scheduler.validate import run_validation
+
+    ledger = Ledger(loaded.config.ledger, loaded.base_dir)
+    dispatcher = RayDispatcher(loaded)
+    dispatcher.start()
+    try:
+        for target, stack in dispatcher.probe(sorted(loaded.config.targets), 60).items():
+            if isinstance(stack, dict):
+                ledger.record_fingerprint(target, stack)
+            else:
+                ledger.set_target_state(target, "unreachable", stack)
+        plan = Planner(loaded).plan(Manual(target=args.target, force=args.force), ledger.latest_fingerprints(),
+                                    lambda keys: ledger.known_job_keys(keys, include_finished=not args.force))
+        result = run_validation(loaded, plan.jobs, ledger, dispatcher)
+    finally:
+        dispatcher.shutdown()
+        ledger.close()
+    print(render.human(result, verbose=False))
+    if plan.skipped_known:
+        print(f"{plan.skipped_known} job(s) already validated on the current stack (use --force to re-run)")
+    return result.exit_code()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="revalidator", description="Re-validate quantized models against their "
                                      "full-precision baselines on every hardware target.")
@@ -165,6 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model")
     p.add_argument("--target")
     p.add_argument("--json", action="store_true")
+    p = add("daemon", cmd_daemon, "watch every target and re-validate what a stack change affects")
+    p.add_argument("--listen", help="HOST:PORT for /healthz, /readyz, /sweep (default: daemon.listen)")
+    p = add("sweep", cmd_sweep, "re-validate now: through the running daemon, or once here if none runs")
+    p.add_argument("--target", help="only this target")
+    p.add_argument("--force", action="store_true", help="re-run jobs already validated on the current stack")
     add("report", cmd_report, "one run's checks and provenance from the ledger (JSON)").add_argument("run_id")
     return parser
 

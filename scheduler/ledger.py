@@ -235,14 +235,15 @@ class Ledger:
         with self.engine.connect() as conn:
             return [(r.run_id, job_spec_from_dict(json.loads(r.spec))) for r in conn.execute(query)]
 
-    def known_job_keys(self, keys: list[str]) -> set[str]:
-        """Of `keys`, those with a finished result or already queued/running (not to be run again)."""
+    def known_job_keys(self, keys: list[str], include_finished: bool = True) -> set[str]:
+        """Of `keys`, those already queued or running, and (unless told otherwise) those with a result."""
+        statuses = (FINISHED, *UNFINISHED) if include_finished else UNFINISHED
         found: set[str] = set()
         with self.engine.connect() as conn:
             for start in range(0, len(keys), 500):
                 chunk = keys[start:start + 500]
                 found.update(conn.execute(sa.select(runs.c.job_key).where(runs.c.job_key.in_(chunk)).where(
-                    runs.c.status.in_((FINISHED, *UNFINISHED)))).scalars())
+                    runs.c.status.in_(statuses))).scalars())
         return found
 
     def finish_run(self, run_id: str, result: JobResult) -> bool:
@@ -385,7 +386,7 @@ class Ledger:
         latest = (sa.select(runs.c.target, runs.c.model, runs.c.candidate,
                             sa.func.max(runs.c.finished_at).label("finished_at"))
                   .where(done).group_by(runs.c.target, runs.c.model, runs.c.candidate).subquery())
-        query = (sa.select(runs).join(latest, sa.and_(
+        query = (sa.select(*[c for c in runs.c if c.name != "spec"]).join(latest, sa.and_(
             runs.c.target == latest.c.target, runs.c.model == latest.c.model,
             runs.c.candidate == latest.c.candidate, runs.c.finished_at == latest.c.finished_at))
             .where(done).order_by(runs.c.model, runs.c.candidate, runs.c.target))

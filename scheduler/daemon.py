@@ -1,0 +1,214 @@
+"""`revalidator daemon`: watch every target's stack and re-validate what a change affects.
+
+Start-up validates the config, opens the ledger, connects Ray, resumes what a previous
+process left queued or running, catches up a missed nightly sweep, and starts the poll,
+the nightly schedule and the HTTP server. The main thread turns events into jobs; a
+dispatcher thread runs them on Ray. SIGTERM or SIGINT stops it: no new work, in-flight jobs
+get `daemon.drain_seconds` to finish, the rest is cancelled and left queued for the next
+start, and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+from pathlib import Path
+
+from scheduler.config import ConfigError, LoadedConfig, load_config
+from scheduler.dispatch import InfrastructureError, RayDispatcher
+from scheduler.events import ConfigChanged, Event, Manual, Scheduled, StackChanged
+from scheduler.http import HttpServer, Response, Route, json_response
+from scheduler.ledger import Ledger
+from scheduler.planning import Planner
+from scheduler.schedule import UTC, build_scheduler, last_due, missed_sweep
+from scheduler.validate import LedgerListener
+
+log = logging.getLogger("revalidator.daemon")
+
+
+class Daemon:
+    def __init__(self, loaded: LoadedConfig, listen: str | None = None) -> None:
+        self.loaded = loaded
+        self.listen = listen or loaded.config.daemon.listen
+        self.stop_event = threading.Event()
+        self.events: queue.Queue[Event] = queue.Queue()
+        self.ready = False
+        self.started_at = time.time()
+        self._config_stamp = self._stamp()
+        self._poll_lock = threading.Lock()
+        self.last_poll_at: float | None = None
+
+    # -- start-up -----------------------------------------------------------------------------
+    def start(self) -> None:
+        cfg = self.loaded.config
+        self.ledger = Ledger(cfg.ledger, self.loaded.base_dir)
+        self.listener = LedgerListener(self.ledger)
+        try:
+            self.http = HttpServer(self.listen, self.routes())
+        except OSError as exc:
+            raise InfrastructureError(f"cannot listen on {self.listen}: {exc.strerror or exc}") from exc
+        self.http.start()
+        log.info("http listening", extra={"fields": {"address": self.http.address}})
+        self.dispatcher = RayDispatcher(self.loaded)
+        self.dispatcher.start()
+        self.planner = Planner(self.loaded)
+        resumed = self.ledger.unfinished()
+        self.dispatcher.submit(resumed)
+        log.info("daemon started", extra={"fields": {"config": str(self.loaded.path), "resumed_jobs": len(resumed),
+                                                      "ray_startup_seconds": round(self.dispatcher.startup_seconds, 2),
+                                                      "targets": sorted(cfg.targets)}})
+        self._worker = threading.Thread(target=self.dispatcher.serve, args=(self.listener, self.stop_event),
+                                        name="dispatcher", daemon=True)
+        self._worker.start()
+        self.poll()  # a first look at every target before anything is planned
+        due = missed_sweep(cfg.schedule, self.ledger.last_scheduled_sweep(), dt.datetime.now(UTC))
+        if due is not None:
+            self.events.put(Scheduled(due=due.timestamp(), kind="catch-up"))
+        self.scheduler = build_scheduler(cfg.schedule, self.poll_quietly, self.nightly)
+        self.scheduler.start()
+        self.ready = True
+
+    # -- watchers ------------------------------------------------------------------------------
+    def poll(self) -> None:
+        """Probe every target on its own nodes; a changed stack becomes a StackChanged event."""
+        if not self._poll_lock.acquire(blocking=False):
+            return
+        try:
+            self._check_config()
+            cfg = self.loaded.config
+            timeout = min(60.0, cfg.schedule.poll_interval_seconds)
+            for target, stack in self.dispatcher.probe(sorted(cfg.targets), timeout).items():
+                if isinstance(stack, str):
+                    self.ledger.set_target_state(target, "unreachable", stack)
+                    log.warning("target unreachable", extra={"fields": {"target": target, "detail": stack}})
+                    continue
+                diff = self.ledger.record_fingerprint(target, stack)
+                if diff:
+                    log.info("stack changed", extra={"fields": {"target": target, "diff": diff}})
+                    self.events.put(StackChanged(target, diff))
+            self.last_poll_at = time.time()
+        finally:
+            self._poll_lock.release()
+
+    def poll_quietly(self) -> None:
+        try:
+            self.poll()
+        except Exception:  # a failed poll is logged; the next one runs on schedule
+            log.exception("poll failed")
+
+    def nightly(self, now: dt.datetime) -> None:
+        due = last_due(self.loaded.config.schedule, now) or now
+        self.events.put(Scheduled(due=due.timestamp()))
+
+    def _stamp(self) -> tuple[int, int] | None:
+        try:
+            stat = os.stat(self.loaded.path)
+            return stat.st_mtime_ns, stat.st_size
+        except OSError:
+            return None
+
+    def _check_config(self) -> None:
+        """Reload a changed config; a broken one is reported and the running one kept."""
+        stamp = self._stamp()
+        if stamp == self._config_stamp:
+            return
+        self._config_stamp = stamp
+        try:
+            loaded = load_config(self.loaded.path)
+        except ConfigError as exc:
+            log.error("config change rejected; keeping the running config", extra={"fields": {"errors": exc.errors}})
+            return
+        if loaded.hash != self.loaded.hash:
+            self.loaded = loaded
+            self.dispatcher.loaded = loaded
+            self.planner = Planner(loaded, self.planner.hasher)
+            log.info("config reloaded", extra={"fields": {"hash": loaded.hash}})
+            self.events.put(ConfigChanged())
+
+    # -- main loop ----------------------------------------------------------------------------
+    def handle(self, event: Event) -> int:
+        """Plan an event's jobs, queue them in the ledger, hand them to the dispatcher."""
+        fingerprints = self.ledger.latest_fingerprints()
+        force = isinstance(event, Scheduled) or (isinstance(event, Manual) and event.force)
+        plan = self.planner.plan(event, fingerprints,
+                                 lambda keys: self.ledger.known_job_keys(keys, include_finished=not force))
+        sweep = self.ledger.start_sweep(event.kind, event.due) if isinstance(event, Scheduled) else None
+        queued = [(self.ledger.enqueue(spec), spec) for spec in plan.jobs]
+        self.dispatcher.submit(queued)
+        if sweep is not None:
+            self.ledger.finish_sweep(sweep)
+        log.info("planned", extra={"fields": {"event": type(event).__name__, "trigger": event.trigger,
+                                               "jobs": len(queued), "already_done": plan.skipped_known,
+                                               **({"target": event.target} if hasattr(event, "target") else {})}})
+        return len(queued)
+
+    def _trap_signals(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stop_event.set())
+
+    def run(self) -> int:
+        """Run until SIGTERM/SIGINT; returns the exit code."""
+        self._trap_signals()
+        self.start()
+        self._trap_signals()  # again: connecting Ray installs its own SIGTERM handler
+        while not self.stop_event.is_set():
+            try:
+                event = self.events.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            try:
+                self.handle(event)
+            except Exception:  # one bad event must not stop the daemon
+                log.exception("event failed", extra={"fields": {"event": repr(event)}})
+        self.shutdown()
+        return 0
+
+    def shutdown(self) -> None:
+        started = time.monotonic()
+        log.info("shutting down", extra={"fields": {"drain_seconds": self.loaded.config.daemon.drain_seconds}})
+        self.ready = False
+        self.scheduler.shutdown(wait=False)
+        self.stop_event.set()
+        self._worker.join(timeout=5)
+        self.dispatcher.drain(self.listener, self.loaded.config.daemon.drain_seconds)
+        self.http.stop()
+        self.dispatcher.shutdown()
+        self.ledger.close()
+        log.info("stopped", extra={"fields": {"seconds": round(time.monotonic() - started, 2)}})
+
+    # -- HTTP -----------------------------------------------------------------------------------
+    def routes(self) -> dict[tuple[str, str], Route]:
+        return {("GET", "/healthz"): self._healthz, ("GET", "/readyz"): self._readyz,
+                ("POST", "/sweep"): self._sweep, ("GET", "/status"): self._status}
+
+    def _healthz(self, query: dict[str, str]) -> Response:
+        return json_response(200, {"status": "ok", "uptime_seconds": round(time.time() - self.started_at, 1)})
+
+    def _readyz(self, query: dict[str, str]) -> Response:
+        if not self.ready:
+            return json_response(503, {"status": "starting" if not self.stop_event.is_set() else "stopping"})
+        return json_response(200, {"status": "ready", "last_poll_at": self.last_poll_at})
+
+    def _sweep(self, query: dict[str, str]) -> Response:
+        target = query.get("target") or None
+        if target is not None and target not in self.loaded.config.targets:
+            return json_response(400, {"error": f"no such target {target!r}"})
+        self.events.put(Manual(target=target, force=query.get("force") in ("1", "true", "yes")))
+        return json_response(202, {"queued": True, "target": target})
+
+    def _status(self, query: dict[str, str]) -> Response:
+        return json_response(200, {"gates": self.ledger.gates(), "targets": self.ledger.target_states(),
+                                   "jobs": self.dispatcher.in_flight(), "last_poll_at": self.last_poll_at})
+
+
+def run_daemon(config_path: str | Path, listen: str | None = None) -> int:
+    from scheduler import logs
+
+    loaded = load_config(config_path)
+    logs.configure(loaded.config.daemon.log_format)
+    return Daemon(loaded, listen).run()

@@ -1,0 +1,78 @@
+"""The daemon's one HTTP server: /healthz, /readyz and the manual sweep trigger.
+
+Bound to 127.0.0.1 by default. Routes are a plain table, so that other endpoints (metrics,
+gates) are added beside these without touching the server.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
+from urllib.parse import parse_qs, urlparse
+
+log = logging.getLogger("revalidator.http")
+
+# A route answers (status, content type, body) for a request's query parameters.
+Response = tuple[int, str, bytes]
+Route = Callable[[dict[str, str]], Response]
+
+
+def json_response(status: int, document: object) -> Response:
+    return status, "application/json", (json.dumps(document, default=str) + "\n").encode()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: "HttpServer"
+
+    def _dispatch(self, method: str) -> None:
+        url = urlparse(self.path)
+        route = self.server.routes.get((method, url.path))
+        if route is None:
+            known = any(path == url.path for _, path in self.server.routes)
+            status, ctype, body = json_response(405 if known else 404, {"error": f"{method} {url.path}"})
+        else:
+            query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+            try:
+                status, ctype, body = route(query)
+            except Exception:  # a failing endpoint answers 500, the server keeps serving
+                log.exception("endpoint failed", extra={"fields": {"path": url.path}})
+                status, ctype, body = json_response(500, {"error": "internal error"})
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._dispatch("POST")
+
+    def log_message(self, fmt: str, *args: object) -> None:
+        log.debug(fmt % args)
+
+
+class HttpServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, listen: str, routes: dict[tuple[str, str], Route]) -> None:
+        host, _, port = listen.rpartition(":")
+        self.routes = routes
+        super().__init__((host, int(port)), _Handler)
+        self._thread = threading.Thread(target=self.serve_forever, name="http", daemon=True)
+
+    @property
+    def address(self) -> str:
+        host, port = self.server_address[:2]
+        return f"{host}:{port}"
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
