@@ -39,3 +39,31 @@ class SleepingRunner(Runner):
 
     def _infer(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         raise AssertionError("unreachable")
+
+
+class SlowOnnxRunner(Runner):
+    """onnxruntime that takes a few seconds to load: long enough to remove a node mid-job."""
+
+    name = "slow-onnxruntime"
+    LOAD_SECONDS = 4.0
+
+    def __init__(self, path, options) -> None:
+        super().__init__(path, options)
+        from runners.backends.onnxruntime_runner import OnnxRuntimeRunner
+
+        self._inner = OnnxRuntimeRunner(path, options)
+
+    def _load(self) -> None:
+        import time
+
+        time.sleep(self.LOAD_SECONDS)
+        self._inner.activate()
+
+    def _input_names(self) -> list[str]:
+        return self._inner.input_names
+
+    def _infer(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        return self._inner._infer(batch)
+
+    def _release(self) -> None:
+        self._inner.deactivate()

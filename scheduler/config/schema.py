@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 RUNNERS = ("onnxruntime", "torch")
+# A custom backend given as "package.module:Class" (a runners.backends.base.Runner subclass).
+PLUGIN_RUNNER = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
 TASKS = ("classification",)
 CHECK_NAMES = ("max_drop", "max_relative_drop", "min_accuracy", "min_agreement",
                "max_mean_kl", "max_abs_diff", "max_mean_abs_diff", "min_cosine")
 # Checks whose limit is a proportion in [0, 1]; the others are non-negative magnitudes.
 PROPORTION_CHECKS = ("max_drop", "max_relative_drop", "min_accuracy", "min_agreement", "min_cosine")
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+
+
+def _runner_name(name: str) -> str:
+    if name not in RUNNERS and not re.match(PLUGIN_RUNNER, name):
+        raise ValueError(f"unknown runner {name!r}: use {', '.join(RUNNERS)}, or a plugin as package.module:Class")
+    return name
+
+
+RunnerName = Annotated[str, AfterValidator(_runner_name)]
 
 
 class Strict(BaseModel):
@@ -68,7 +80,7 @@ class CustomProbe(Strict):
 
 class Target(Strict):
     where: Literal["local"] | Placement = "local"
-    runners: list[Literal[RUNNERS]] = Field(min_length=1)  # type: ignore[valid-type]
+    runners: list[RunnerName] = Field(min_length=1)
     options: RunnerOptions = Field(default_factory=RunnerOptions)
     batch_size: int | None = Field(default=None, ge=1, le=1_000_000)
     max_concurrent_jobs: int = Field(default=1, ge=1, le=1024)
@@ -92,7 +104,7 @@ class Quantization(Strict):
 
 class Artifact(Strict):
     path: str = Field(min_length=1)
-    runner: Literal[RUNNERS]  # type: ignore[valid-type]
+    runner: RunnerName
 
 
 class Candidate(Artifact):
@@ -182,8 +194,6 @@ class Config(Strict):
 
 
 def _check_names(mapping: dict) -> None:
-    import re
-
     bad = [k for k in mapping if not re.match(NAME_PATTERN, str(k))]
     if bad:
         raise ValueError(f"invalid name(s) {bad}: use letters, digits, '_', '.', '-' (at most 63)")

@@ -1,0 +1,144 @@
+"""Helpers for tests that run the daemon as a real process against a real Ray cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Callable
+
+from scheduler.ledger import Ledger
+from tests.conftest import REPO
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.2) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def cluster_config(tmp: Path, demo: Path, targets: dict[str, str], *, slow: bool = False, poll: float = 2,
+                   extra: str = "") -> Path:
+    """Targets pinned by custom resource, each with a firmware file probe, over the demo models."""
+    runner = "tests.plugins:SlowOnnxRunner" if slow else "onnxruntime"
+    target_lines = []
+    for name, resource in targets.items():
+        firmware = tmp / f"firmware-{name}"
+        if not firmware.exists():
+            firmware.write_text("1.0\n")
+        target_lines.append(f"""  {name}:
+    where: {{resource: "{resource}"}}
+    runners: [onnxruntime, "{runner}"]
+    options: {{onnxruntime: {{intra_op_threads: 1}}}}
+    probes: {{firmware: {{file: {firmware}}}}}""")
+    path = tmp / "targets.yaml"
+    path.write_text(f"""version: 1
+ledger: sqlite:///{tmp / 'ledger.db'}
+ray: {{job_timeout_seconds: 120, unschedulable_after_seconds: 6, max_attempts: 3, retry_backoff_seconds: 0.5}}
+schedule: {{poll_interval_seconds: {poll}, nightly: "0 2 * * *"}}
+daemon: {{listen: "127.0.0.1:{free_port()}", drain_seconds: 3, log_format: json}}
+targets:
+{chr(10).join(target_lines)}
+models:
+  digits-mlp:
+    baseline: {{path: {demo / 'digits-fp32.onnx'}, runner: onnxruntime}}
+    suites: [digits]
+    candidates:
+      int8:
+        path: {demo / 'digits-int8-dynamic.onnx'}
+        runner: "{runner}"
+        quantization: {{method: dynamic, weight_bits: 8}}
+      w4a2:
+        path: {demo / 'digits-w4a2.onnx'}
+        runner: "{runner}"
+        quantization: {{method: static-qdq-per-tensor, weight_bits: 4, activation_bits: 2}}
+suites:
+  digits:
+    data: {demo / 'digits-eval.npz'}
+    task: classification
+    slices: [scan]
+    min_slice_size: 50
+    checks: {{max_drop: 0.03}}
+    slice_checks: {{max_drop: 0.08}}
+{extra}""")
+    return path
+
+
+class DaemonProcess:
+    """`revalidator daemon` in its own process, connected to a cluster by address."""
+
+    def __init__(self, config: Path, ray_address: str) -> None:
+        self.config = config
+        self.listen = next(line.split('listen: "')[1].split('"')[0] for line in config.read_text().splitlines()
+                           if "listen:" in line)
+        self.log = config.parent / f"daemon-{time.time_ns()}.log"
+        env = {**os.environ, "RAY_ADDRESS": ray_address, "PYTHONUNBUFFERED": "1"}
+        with open(self.log, "w") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "scheduler.cli", "daemon", "-c", str(config)],
+                                         cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+    def get(self, path: str) -> tuple[int, dict]:
+        try:
+            with urllib.request.urlopen(f"http://{self.listen}{path}", timeout=2) as answer:
+                return answer.status, json.loads(answer.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"{}")
+
+    def post(self, path: str) -> int:
+        request = urllib.request.Request(f"http://{self.listen}{path}", method="POST")
+        with urllib.request.urlopen(request, timeout=2) as answer:
+            return answer.status
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        def ready() -> bool:
+            assert self.proc.poll() is None, f"daemon exited {self.proc.returncode}: {self.log.read_text()[-3000:]}"
+            try:
+                return self.get("/readyz")[0] == 200
+            except OSError:
+                return False
+        wait_for(ready, timeout, "the daemon to be ready")
+
+    def terminate(self, timeout: float) -> tuple[int, float]:
+        started = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=timeout)
+        return code, time.monotonic() - started
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.kill()
+
+    def logs(self) -> list[dict]:
+        out = []
+        for line in self.log.read_text().splitlines():
+            if line.startswith("{"):
+                out.append(json.loads(line))
+        return out
+
+
+def runs(config: Path) -> list[dict]:
+    ledger = Ledger(f"sqlite:///{config.parent / 'ledger.db'}")
+    try:
+        return ledger.history(limit=10_000)
+    finally:
+        ledger.close()

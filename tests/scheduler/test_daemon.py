@@ -1,0 +1,207 @@
+"""The daemon as a real process on a real 3-node Ray cluster whose nodes stand for 3 targets.
+
+Each node offers one custom resource (target:a, target:b, target:c); each target declares a
+firmware file probe, so a stack change on one target is a file written by the test.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from scheduler.config.schema import Schedule
+from scheduler.ledger import Ledger
+from scheduler.schedule import last_due
+from tests.scheduler.daemon_support import DaemonProcess, cluster_config, free_port, runs, wait_for
+
+pytestmark = pytest.mark.ray
+
+TARGETS = {"a": "target:a", "b": "target:b", "c": "target:c"}
+
+
+def start_cluster():
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "resources": {"target:a": 1}, "include_dashboard": False, "gcs_server_port": free_port()})
+    nodes = {"a": cluster.head_node,
+             "b": cluster.add_node(num_cpus=1, resources={"target:b": 1}),
+             "c": cluster.add_node(num_cpus=1, resources={"target:c": 1})}
+    cluster.wait_for_nodes()
+    return cluster, nodes
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    cluster, _ = start_cluster()
+    yield cluster
+    cluster.shutdown()
+
+
+@pytest.fixture
+def daemons():
+    started: list[DaemonProcess] = []
+    yield started
+    for d in started:
+        d.close()
+
+
+def finished(config: Path, **where: str) -> list[dict]:
+    return [r for r in runs(config) if r["status"] == "finished" and all(r[k] == v for k, v in where.items())]
+
+
+def test_a_change_on_one_target_revalidates_only_its_jobs_and_nothing_else(cluster, demo_dir, tmp_path, daemons):
+    config = cluster_config(tmp_path, demo_dir, TARGETS)
+    daemon = DaemonProcess(config, cluster.address)
+    daemons.append(daemon)
+    daemon.wait_ready()
+    # First start: a catch-up sweep validates every (target, candidate) once, each on its own target.
+    wait_for(lambda: len(finished(config)) == 6, 90, "the first sweep")
+    first = finished(config)
+    assert {r["trigger"] for r in first} == {"catch-up"}
+    assert Counter(r["target"] for r in first) == {"a": 2, "b": 2, "c": 2}
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    fingerprints = ledger.latest_fingerprints()
+    assert set(fingerprints) == {"a", "b", "c"}
+    assert fingerprints["b"]["components"]["firmware"] == "1.0"
+
+    # (b) Nothing changed: three polls later, nothing has run again.
+    time.sleep(3 * 2 + 1)
+    assert len(runs(config)) == 6
+
+    # (a) One component changes on target b: only b's jobs re-run, within one poll interval.
+    (tmp_path / "firmware-b").write_text("2.0\n")
+    changed_at = time.time()
+    wait_for(lambda: [r for r in runs(config) if r["trigger"] == "stack-change"], 2 + 3, "the stack change")
+    queued = [r for r in runs(config) if r["trigger"] == "stack-change"]
+    assert min(r["created_at"] for r in queued) - changed_at <= 2 + 1
+    wait_for(lambda: len(finished(config, trigger="stack-change")) == 2, 60, "the re-validation")
+    again = finished(config, trigger="stack-change")
+    assert {r["target"] for r in again} == {"b"} and {r["candidate"] for r in again} == {"int8", "w4a2"}
+    assert len(runs(config)) == 8
+    changes = ledger.changes(target="b")
+    assert [(c["component"], c["old_value"], c["new_value"]) for c in changes] == [("firmware", "1.0", "2.0")]
+    assert ledger.change_counts() == {("b", "firmware"): 1}
+    assert ledger.last_good_fingerprint("b", "digits-mlp", "int8") == ledger.latest_fingerprints()["b"]["hash"]
+    ledger.close()
+
+    # A manual sweep finds everything already validated on the current stacks; --force re-runs a target.
+    assert daemon.post("/sweep") == 202
+    assert daemon.post("/sweep?target=c&force=1") == 202
+    wait_for(lambda: len(finished(config, trigger="manual")) == 2, 60, "the forced sweep")
+    time.sleep(1)
+    assert {r["target"] for r in finished(config, trigger="manual")} == {"c"}
+    assert len(runs(config)) == 10
+    status, body = daemon.get("/status")
+    assert status == 200 and {t: s["state"] for t, s in body["targets"].items()} == {"a": "ok", "b": "ok", "c": "ok"}
+
+    # (g) SIGTERM during a sweep: out within the drain deadline, ledger consistent.
+    assert daemon.post("/sweep?force=1") == 202
+    wait_for(lambda: any(r["status"] == "running" for r in runs(config)), 30, "a running job")
+    code, seconds = daemon.terminate(timeout=30)
+    assert code == 0 and seconds < 3 + 10  # drain_seconds + stopping Ray and the server
+    statuses = Counter(r["status"] for r in runs(config))
+    assert statuses["running"] == 0 and set(statuses) <= {"finished", "queued"}
+    messages = [line["msg"] for line in daemon.logs()]
+    assert "shutting down" in messages and messages[-1] == "stopped"
+
+
+def test_kill_9_mid_sweep_then_restart_records_everything_exactly_once(cluster, demo_dir, tmp_path, daemons):
+    config = cluster_config(tmp_path, demo_dir, TARGETS, slow=True)
+    first = DaemonProcess(config, cluster.address)
+    daemons.append(first)
+    first.wait_ready()
+    wait_for(lambda: len(finished(config)) >= 1, 120, "the first result")
+    first.kill()  # kill -9: its Ray tasks die with it
+    assert len(finished(config)) < 6
+    second = DaemonProcess(config, cluster.address)
+    daemons.append(second)
+    second.wait_ready()
+    wait_for(lambda: len(finished(config)) == 6, 180, "the resumed sweep")
+    time.sleep(2)
+    all_runs = runs(config)
+    assert len(all_runs) == 6 and Counter(r["status"] for r in all_runs) == {"finished": 6}
+    assert Counter((r["target"], r["candidate"]) for r in all_runs) == {(t, c): 1 for t in "abc" for c in ("int8", "w4a2")}
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
+    with engine.connect() as conn:
+        per_run = dict(conn.execute(sa.text("SELECT run_id, count(*) FROM results GROUP BY run_id")).all())
+        provenance = conn.execute(sa.text("SELECT count(*) FROM provenance")).scalar()
+    assert len(per_run) == 6 and set(per_run.values()) == {1 + 3}  # one check: the aggregate and 3 scans
+    assert provenance == 6
+    resumed = [line for line in second.logs() if line["msg"] == "daemon started"][0]
+    assert resumed["resumed_jobs"] >= 1
+
+
+def test_missed_nightly_is_caught_up_at_start_and_a_recent_one_is_not(cluster, demo_dir, tmp_path, daemons):
+    schedule = Schedule(nightly="0 2 * * *")
+    due = last_due(schedule, dt.datetime.now(dt.timezone.utc))
+    for name, last_sweep, expect_catch_up in (("missed", due.timestamp() - 86400, True),
+                                              ("recent", due.timestamp(), False)):
+        workdir = tmp_path / name
+        workdir.mkdir()
+        config = cluster_config(workdir, demo_dir, {"a": "target:a"})
+        ledger = Ledger(f"sqlite:///{workdir / 'ledger.db'}")
+        ledger.finish_sweep(ledger.start_sweep("scheduled", scheduled_for=last_sweep))
+        daemon = DaemonProcess(config, cluster.address)
+        daemons.append(daemon)
+        daemon.wait_ready()
+        if expect_catch_up:
+            wait_for(lambda: len(finished(config)) == 2, 60, "the catch-up sweep")
+            assert {r["trigger"] for r in runs(config)} == {"catch-up"}
+            assert ledger.sweeps()[-1]["scheduled_for"] == pytest.approx(due.timestamp())
+        else:
+            time.sleep(4)  # two polls
+            assert runs(config) == []
+        ledger.close()
+        assert daemon.terminate(timeout=30)[0] == 0
+
+
+def test_target_without_a_node_becomes_unschedulable(cluster, demo_dir, tmp_path, daemons):
+    config = cluster_config(tmp_path, demo_dir, {"a": "target:a", "d": "target:d"})
+    daemon = DaemonProcess(config, cluster.address)
+    daemons.append(daemon)
+    daemon.wait_ready()
+    started = time.time()
+    wait_for(lambda: len([r for r in runs(config) if r["target"] == "d" and r["status"] == "unschedulable"]) == 2,
+             6 + 15, "d's jobs to be unschedulable")
+    assert time.time() - started < 6 + 15
+    assert {r["status"] for r in runs(config) if r["target"] == "a"} <= {"finished", "running", "queued"}
+    wait_for(lambda: len(finished(config, target="a")) == 2, 60, "a's jobs")
+    status, body = daemon.get("/status")
+    assert body["targets"]["d"]["state"] in ("unreachable", "unschedulable")
+    d_runs = [r for r in runs(config) if r["target"] == "d"]
+    assert all("no node could take it for 6s" in r["error"] for r in d_runs)
+
+
+def test_removing_a_node_mid_job_retries_marks_it_and_the_others_carry_on(demo_dir, tmp_path, daemons):
+    cluster, nodes = start_cluster()
+    try:
+        config = cluster_config(tmp_path, demo_dir, TARGETS, slow=True)
+        daemon = DaemonProcess(config, cluster.address)
+        daemons.append(daemon)
+        daemon.wait_ready()
+        wait_for(lambda: any(r["target"] == "b" and r["status"] == "running" for r in runs(config)), 60,
+                 "a job running on b")
+        cluster.remove_node(nodes["b"])
+        wait_for(lambda: len(finished(config, target="a")) == 2 and len(finished(config, target="c")) == 2, 120,
+                 "a and c to carry on")
+        wait_for(lambda: {r["status"] for r in runs(config) if r["target"] == "b"} == {"unschedulable"}, 60,
+                 "b's jobs to end")
+        b_runs = [r for r in runs(config) if r["target"] == "b"]
+        assert any(r["attempts"] >= 1 for r in b_runs)
+        retried = [line for line in daemon.logs() if line["msg"] == "job retrying" and line["target"] == "b"]
+        assert retried and any("NodeDied" in line["reason"] or "WorkerCrashed" in line["reason"] or "Died" in
+                               line["reason"] for line in retried)
+        status, body = daemon.get("/status")
+        assert body["targets"]["b"]["state"] in ("unreachable", "unschedulable")
+        assert body["targets"]["a"]["state"] == "ok"
+        assert daemon.terminate(timeout=30)[0] == 0
+    finally:
+        cluster.shutdown()
