@@ -10,16 +10,18 @@ computed once per planning pass, so a pass over 10^5 jobs costs one small hash p
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 from runners.contracts import ArtifactSpec, CheckSpec, JobSpec, SuiteSpec
 from scheduler.config import LoadedConfig
-from scheduler.config.schema import Suite
+from scheduler.config.schema import Suite, Target
 from scheduler.events import ConfigChanged, Event, Manual, Plan, Scheduled, StackChanged
 from scheduler.impact import affects, relevant_components
 
@@ -86,6 +88,23 @@ class _Work:
     key: str  # hashes of artifacts, calibration set, suite data and check config
 
 
+@contextmanager
+def _no_gc() -> Iterator[None]:
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _impact_profile(target: Target) -> tuple:
+    """What, besides the component, decides `affects` for a target: its GPU options and probes."""
+    return (tuple(target.options.onnxruntime.providers), target.options.torch.device,
+            tuple((name, str(p.affects)) for name, p in target.probes.items()))
+
+
 class Planner:
     def __init__(self, loaded: LoadedConfig, hasher: FileHasher | None = None) -> None:
         self.loaded = loaded
@@ -127,25 +146,46 @@ class Planner:
         if model is not None and model not in cfg.models:
             raise SelectionError(f"--model {model!r}: no such model in {self.loaded.path} (have {sorted(cfg.models)})")
         fingerprints = fingerprints or {}
+        with _no_gc():  # 10^5 new objects would trigger many collections that find nothing to free
+            return self._jobs(trigger, fingerprints, target, model, changed)
+
+    def _jobs(self, trigger: str, fingerprints: dict[str, dict], target: str | None, model: str | None,
+              changed: dict[str, tuple] | None) -> list[JobSpec]:
+        cfg = self.loaded.config
+        works = [w for w in self.work() if model is None or w.model == model]
+        explicit = any(w.targets is not None for w in works)
+        applicable: dict[tuple, list[_Work]] = {}  # target shape -> works it can run
+        relevant_names: dict[tuple, frozenset[str]] = {}  # (impact profile, runners, components) -> names
         jobs = []
         for target_name in ([target] if target else cfg.targets):
             t = cfg.targets[target_name]
-            offered = set(t.runners)
+            shape = (frozenset(t.runners), target_name if explicit else None)
+            if shape not in applicable:
+                applicable[shape] = [w for w in works if w.runners <= shape[0]
+                                     and (w.targets is None or target_name in w.targets)]
+            todo = applicable[shape]
+            if changed is not None:
+                hit = {r for r in t.runners if any(affects(cfg, target_name, c, r) for c in changed)}
+                todo = [w for w in todo if w.runners & hit]
+            if not todo:
+                continue
             components = fingerprints.get(target_name, {}).get("components", {})
-            target_parts: dict[frozenset[str], str] = {}  # runner set -> hash of the relevant stack
+            profile = _impact_profile(t)
             options = t.options.model_dump(exclude_none=True)
             probes = {name: p.model_dump(exclude_none=True, exclude={"affects"}) for name, p in t.probes.items()}
             batch = t.batch_size or cfg.batch_size
-            for w in self.work():
-                if (model and w.model != model) or not w.runners <= offered or \
-                        (w.targets is not None and target_name not in w.targets):
-                    continue
-                if changed is not None and not any(affects(cfg, target_name, c, r) for c in changed for r in w.runners):
-                    continue
-                if w.runners not in target_parts:
-                    relevant = relevant_components(cfg, target_name, components, set(w.runners))
-                    target_parts[w.runners] = _digest(target_name, relevant or "unprobed", options, batch)
-                key = hashlib.sha256(f"{target_parts[w.runners]}/{w.key}".encode()).hexdigest()[:24]
+            target_parts: dict[frozenset[str], str] = {}  # runner set -> hash of the relevant stack
+            for w in todo:
+                part = target_parts.get(w.runners)
+                if part is None:
+                    names_key = (profile, w.runners, frozenset(components))
+                    if names_key not in relevant_names:
+                        relevant_names[names_key] = frozenset(
+                            relevant_components(cfg, target_name, components, set(w.runners)))
+                    names = relevant_names[names_key]
+                    relevant = {k: components[k] for k in sorted(names)}
+                    part = target_parts[w.runners] = _digest(target_name, relevant or "unprobed", options, batch)
+                key = hashlib.sha256(f"{part}/{w.key}".encode()).hexdigest()[:24]
                 jobs.append(JobSpec(
                     job_id=key, job_key=key, target=target_name, model=w.model, candidate=w.candidate,
                     baseline=w.baseline, candidate_artifact=w.artifact, suite=w.suite, runner_options=options,

@@ -97,3 +97,63 @@ def test_gates_take_the_latest_run_per_target_model_candidate(ledger: Ledger) ->
     gates = {(g["target"], g["candidate"]): g["verdict"] for g in ledger.gates()}
     assert gates == {("cpu", "w4"): "pass", ("gpu", "w4"): "fail"}
     assert [r["verdict"] for r in ledger.history(model="m", target="cpu")] == ["pass", "fail"]
+
+
+def test_a_v1_ledger_migrates_with_its_runs(tmp_path: Path) -> None:
+    """A ledger written by schema v1 (no queue columns, no stack history) opens and keeps its runs."""
+    import sqlalchemy as sa
+
+    from scheduler import ledger as module
+
+    url = "sqlite:///v1.sqlite"
+    engine = sa.create_engine(module.sqlite_url(tmp_path / "v1.sqlite"))
+    with engine.begin() as conn:
+        module.metadata.create_all(conn, tables=[module.schema_version])
+        module.MIGRATIONS[0](conn)
+        conn.execute(module.schema_version.insert().values(version=1))
+        conn.execute(sa.text("INSERT INTO runs (run_id, job_id, trigger, target, model, candidate, suite, status, "
+                             "verdict, created_at, finished_at) VALUES ('old', 'j', 'manual', 'cpu', 'm', 'w4', 's', "
+                             "'finished', 'pass', 1.0, 2.0)"))
+    engine.dispose()
+    ledger = Ledger(url, base_dir=tmp_path)
+    assert ledger.schema_version() == SCHEMA_VERSION
+    assert [(g["run_id"], g["verdict"], g["attempts"]) for g in ledger.gates()] == [("old", "pass", 0)]
+    assert ledger.unfinished() == []
+
+
+def test_queue_lifecycle_and_resume(ledger: Ledger) -> None:
+    s = spec()
+    run_id = ledger.enqueue(s)
+    assert [(r, j.job_id, j.suite.checks) for r, j in ledger.unfinished()] == [(run_id, s.job_id, s.suite.checks)]
+    assert ledger.unfinished()[0][1] == s  # the spec survives the round trip intact
+    assert ledger.known_job_keys([s.job_id, "other"]) == {s.job_id}
+    ledger.mark_running(run_id)
+    ledger.requeue(run_id, "WorkerCrashedError")
+    ledger.mark_running(run_id)
+    assert ledger.run(run_id)["attempts"] == 2
+    assert ledger.finish_run(run_id, result(s.job_id)) is True
+    assert ledger.finish_run(run_id, result(s.job_id)) is False  # a second delivery records nothing
+    assert len(ledger.run(run_id)["checks"]) == 2
+    assert ledger.unfinished() == []
+    assert ledger.known_job_keys([s.job_id], include_finished=False) == set()
+    gone = ledger.enqueue(spec(candidate="x"))
+    assert ledger.close_unfinished(gone, "unschedulable", "no node") is True
+    assert ledger.close_unfinished(gone, "cancelled", "again") is False
+    assert ledger.run(gone)["status"] == "unschedulable"
+
+
+def test_fingerprint_history_and_diffs(ledger: Ledger) -> None:
+    def stack(kernel: str, ort: str) -> dict:
+        components = {"kernel": kernel, "onnxruntime": ort}
+        return {"hash": f"{kernel}-{ort}", "components": components, "probes": {}}
+
+    assert ledger.record_fingerprint("cpu", stack("6.1", "1.20")) == {}  # first look: no diff
+    assert ledger.record_fingerprint("cpu", stack("6.1", "1.20")) == {}
+    assert ledger.record_fingerprint("cpu", stack("6.2", "1.21")) == {"kernel": ("6.1", "6.2"),
+                                                                      "onnxruntime": ("1.20", "1.21")}
+    assert ledger.record_fingerprint("cpu", stack("6.2", "1.22")) == {"onnxruntime": ("1.21", "1.22")}
+    assert ledger.change_counts() == {("cpu", "kernel"): 1, ("cpu", "onnxruntime"): 2}
+    assert ledger.latest_fingerprints()["cpu"]["components"]["onnxruntime"] == "1.22"
+    assert ledger.target_states()["cpu"]["state"] == "ok"
+    ledger.set_target_state("cpu", "unreachable", "probe timed out")
+    assert ledger.target_states()["cpu"]["detail"] == "probe timed out"

@@ -1,0 +1,123 @@
+"""The planner: impact map, job keys, dedupe, and which events plan what."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from scheduler.config import load_config
+from scheduler.events import ConfigChanged, Manual, Scheduled, StackChanged
+from scheduler.impact import affects
+from scheduler.planning import Planner, SelectionError
+
+CONFIG = """version: 1
+impact: {{cpu_microcode: [torch]}}
+targets:
+  cpu:
+    runners: [onnxruntime, torch]
+    probes: {{fw: {{file: /nonexistent, affects: [torch]}}}}
+  gpu:
+    where: {{resource: "target:gpu"}}
+    runners: [onnxruntime, torch]
+    options:
+      onnxruntime: {{providers: [CUDAExecutionProvider, CPUExecutionProvider]}}
+models:
+  m:
+    baseline: {{path: {d}/base.onnx, runner: onnxruntime}}
+    suites: [s]
+    candidates:
+      ort: {{path: {d}/ort.onnx, runner: onnxruntime, quantization: {{method: dynamic, weight_bits: 8}}}}
+      pt: {{path: {d}/pt.ts, runner: torch, quantization: {{method: dynamic, weight_bits: 8}}}}
+suites:
+  s: {{data: {d}/eval.npz, task: classification, slices: [k], checks: {{max_drop: 0.02}}}}
+"""
+
+STACK = {"kernel": "6.1", "onnxruntime": "1.20", "torch": "2.5", "nvidia_driver": "550", "gpu0": "H100 cc9.0"}
+
+
+@pytest.fixture
+def setup(tmp_path: Path):
+    for name in ("base.onnx", "ort.onnx", "pt.ts", "eval.npz"):
+        (tmp_path / name).write_bytes(name.encode())
+    path = tmp_path / "targets.yaml"
+    path.write_text(CONFIG.format(d=tmp_path))
+    loaded = load_config(path)
+    fingerprints = {t: {"components": dict(STACK)} for t in ("cpu", "gpu")}
+    return tmp_path, loaded, fingerprints
+
+
+def nothing_known(keys: list[str]) -> set[str]:
+    return set()
+
+
+def pairs(plan) -> set[tuple[str, str]]:
+    return {(j.target, j.candidate) for j in plan.jobs}
+
+
+def test_impact_map(setup) -> None:
+    _, loaded, _ = setup
+    cfg = loaded.config
+    assert affects(cfg, "cpu", "kernel", "onnxruntime") and affects(cfg, "cpu", "kernel", "torch")
+    assert affects(cfg, "cpu", "onnxruntime", "onnxruntime") and not affects(cfg, "cpu", "onnxruntime", "torch")
+    # GPU components touch only what runs on the GPU: onnxruntime with CUDA on "gpu", nothing on "cpu".
+    assert affects(cfg, "gpu", "nvidia_driver", "onnxruntime") and not affects(cfg, "gpu", "nvidia_driver", "torch")
+    assert not affects(cfg, "cpu", "gpu0_vbios", "onnxruntime")
+    # Overrides: the config's impact map and a custom probe's own `affects`.
+    assert affects(cfg, "cpu", "cpu_microcode", "torch") and not affects(cfg, "cpu", "cpu_microcode", "onnxruntime")
+    assert affects(cfg, "cpu", "fw", "torch") and not affects(cfg, "cpu", "fw", "onnxruntime")
+    assert affects(cfg, "cpu", "something_new", "onnxruntime")  # unknown: assume the worst
+
+
+@pytest.mark.parametrize("target,diff,expected", [
+    ("cpu", {"onnxruntime": ("1.20", "1.21")}, {("cpu", "ort"), ("cpu", "pt")}),  # pt's baseline is onnxruntime
+    ("cpu", {"torch": ("2.5", "2.6")}, {("cpu", "pt")}),
+    ("gpu", {"nvidia_driver": ("550", "560")}, {("gpu", "ort"), ("gpu", "pt")}),
+    ("cpu", {"nvidia_driver": ("550", "560")}, set()),
+    ("cpu", {"kernel": ("6.1", "6.2")}, {("cpu", "ort"), ("cpu", "pt")}),
+])
+def test_stack_change_plans_only_affected_jobs(setup, target, diff, expected) -> None:
+    _, loaded, fingerprints = setup
+    plan = Planner(loaded).plan(StackChanged(target, diff), fingerprints, nothing_known)
+    assert pairs(plan) == expected
+    assert all(j.trigger == "stack-change" for j in plan.jobs)
+
+
+def test_dedupe_on_job_keys(setup) -> None:
+    _, loaded, fingerprints = setup
+    planner = Planner(loaded)
+    first = planner.plan(Scheduled(due=0), fingerprints, nothing_known)
+    assert len(first.jobs) == 4 and len({j.job_key for j in first.jobs}) == 4
+    done = {j.job_key for j in first.jobs}
+    again = planner.plan(Manual(), fingerprints, lambda keys: done & set(keys))
+    assert again.jobs == [] and again.skipped_known == 4
+    forced = planner.plan(Manual(target="cpu", force=True), fingerprints, lambda keys: done & set(keys))
+    assert pairs(forced) == {("cpu", "ort"), ("cpu", "pt")}
+
+
+def test_job_keys_follow_what_the_result_depends_on(setup) -> None:
+    tmp, loaded, fingerprints = setup
+    keys = {(j.target, j.candidate): j.job_key for j in Planner(loaded).jobs("manual", fingerprints)}
+    # A torch upgrade on cpu changes only the keys of jobs that run torch there.
+    changed = {**fingerprints, "cpu": {"components": {**STACK, "torch": "2.6"}}}
+    after = {(j.target, j.candidate): j.job_key for j in Planner(loaded).jobs("manual", changed)}
+    assert [k for k in keys if keys[k] != after[k]] == [("cpu", "pt")]
+    # A replaced candidate artifact changes its keys on every target, and only its.
+    (tmp / "ort.onnx").write_bytes(b"a rebuilt model")
+    rebuilt = {(j.target, j.candidate): j.job_key for j in Planner(loaded).jobs("manual", fingerprints)}
+    assert sorted(k for k in keys if keys[k] != rebuilt[k]) == [("cpu", "ort"), ("gpu", "ort")]
+
+
+def test_config_change_plans_only_new_work(setup) -> None:
+    tmp, loaded, fingerprints = setup
+    done = {j.job_key for j in Planner(loaded).jobs("manual", fingerprints)}
+    path = tmp / "targets.yaml"
+    path.write_text(path.read_text().replace("max_drop: 0.02", "max_drop: 0.01"))
+    plan = Planner(load_config(path)).plan(ConfigChanged(), fingerprints, lambda keys: done & set(keys))
+    assert len(plan.jobs) == 4  # a tolerance changed: every job of that suite is new work
+
+
+def test_unknown_selection(setup) -> None:
+    _, loaded, _ = setup
+    with pytest.raises(SelectionError, match="--target 'tpu'"):
+        Planner(loaded).jobs("manual", target="tpu")
