@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -203,7 +205,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m runners.demo", description=__doc__.splitlines()[0])
     parser.add_argument("out", nargs="?", default="demo", help="output directory (default: demo)")
     args = parser.parse_args(argv)
-    paths = build(Path(args.out))
+    # The quantization tools advise on pre-processing and announce deprecations: not the user's concern here.
+    logging.getLogger().setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        paths = build(Path(args.out))
     print(json.dumps(paths, indent=2))
     return 0
 

@@ -156,8 +156,7 @@ class RayDispatcher:
             if not self._placeable(target.where, available):
                 out[name] = "no node offers this target"
                 continue
-            custom = {k: p.model_dump(exclude_none=True, exclude={"affects"}) for k, p in target.probes.items()}
-            refs[self._probe_task.options(**placement_options(target.where)).remote(custom)] = name
+            refs[self._probe_task.options(**placement_options(target.where)).remote(self.loaded.probe_specs(name))] = name
         ready, missing = ray.wait(list(refs), num_returns=len(refs), timeout=timeout) if refs else ([], [])
         for ref in ready:
             try:

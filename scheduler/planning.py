@@ -172,7 +172,7 @@ class Planner:
             components = fingerprints.get(target_name, {}).get("components", {})
             profile = _impact_profile(t)
             options = t.options.model_dump(exclude_none=True)
-            probes = {name: p.model_dump(exclude_none=True, exclude={"affects"}) for name, p in t.probes.items()}
+            probes = self.loaded.probe_specs(target_name)
             batch = t.batch_size or cfg.batch_size
             target_parts: dict[frozenset[str], str] = {}  # runner set -> hash of the relevant stack
             for w in todo:

@@ -53,10 +53,17 @@ class LedgerListener:
         log.info("job started", extra={"fields": _fields(run_id, spec)})
 
     def finished(self, run_id: str, spec: JobSpec, result: JobResult) -> None:
+        from scheduler.report import explain_failure
+
         recorded = self.ledger.finish_run(run_id, result)
-        log.info("job finished", extra={"fields": {**_fields(run_id, spec), "verdict": result.verdict,
-                                                   "error": result.error, "recorded": recorded,
-                                                   "seconds": round(result.finished_at - result.started_at, 3)}})
+        fields = {**_fields(run_id, spec), "verdict": result.verdict, "recorded": recorded,
+                  "seconds": round(result.finished_at - result.started_at, 3)}
+        if result.error:
+            fields["error"] = result.error.strip().splitlines()[0]
+        failed = [f"{c.check} {explain_failure(c)}" for c in result.checks if c.verdict == "fail"]
+        if failed:
+            fields["failed"] = failed
+        log.log(logging.WARNING if result.verdict != PASS else logging.INFO, "job finished", extra={"fields": fields})
         if recorded and self.on_result:
             self.on_result(RunRecord(run_id, spec, result))
 

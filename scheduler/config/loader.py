@@ -42,6 +42,16 @@ class LoadedConfig:
         """A path from the config, relative to the config file's folder."""
         return str((self.base_dir / relative).resolve())
 
+    def probe_specs(self, target: str) -> dict[str, dict[str, Any]]:
+        """A target's custom probes as the runners take them, file paths resolved."""
+        specs = {}
+        for name, probe in self.config.targets[target].probes.items():
+            spec = probe.model_dump(exclude_none=True, exclude={"affects"})
+            if "file" in spec:
+                spec["file"] = self.resolve(spec["file"])
+            specs[name] = spec
+        return specs
+
 
 def format_path(path: Path_) -> str:
     out = ""
