@@ -21,7 +21,11 @@ from pathlib import Path
 
 from scheduler.config import ConfigError, LoadedConfig, load_config
 from scheduler.dispatch import InfrastructureError, RayDispatcher
+from prometheus_client import CONTENT_TYPE_LATEST
+
 from scheduler.events import ConfigChanged, Event, Manual, Scheduled, StackChanged
+from scheduler.exporter import Snapshot, compute_gates, exposition, registry_for
+from scheduler.gates import CurrentKeys, current_keys, gates_document
 from scheduler.http import HttpServer, Response, Route, json_response
 from scheduler.ledger import Ledger
 from scheduler.planning import Planner
@@ -42,14 +46,18 @@ class Daemon:
         self._config_stamp = self._stamp()
         self._poll_lock = threading.Lock()
         self.last_poll_at: float | None = None
+        self.keys: CurrentKeys = {}
+        self.missed_schedules = 0
+        self.ledger_errors = 0
 
     # -- start-up -----------------------------------------------------------------------------
     def start(self) -> None:
         cfg = self.loaded.config
         self.ledger = Ledger(cfg.ledger, self.loaded.base_dir)
         self.listener = LedgerListener(self.ledger)
+        self.registry = registry_for(self.ledger, self.snapshot)
         try:
-            self.http = HttpServer(self.listen, self.routes())
+            self.http = HttpServer(self.listen, self.routes(), cfg.daemon.tls)
         except OSError as exc:
             raise InfrastructureError(f"cannot listen on {self.listen}: {exc.strerror or exc}") from exc
         self.http.start()
@@ -69,7 +77,7 @@ class Daemon:
         due = missed_sweep(cfg.schedule, self.ledger.last_scheduled_sweep(), dt.datetime.now(UTC))
         if due is not None:
             self.events.put(Scheduled(due=due.timestamp(), kind="catch-up"))
-        self.scheduler = build_scheduler(cfg.schedule, self.poll_quietly, self.nightly)
+        self.scheduler = build_scheduler(cfg.schedule, self.poll_quietly, self.nightly, self._missed)
         self.scheduler.start()
         self.ready = True
 
@@ -80,6 +88,9 @@ class Daemon:
             return
         try:
             self._check_config()
+            if self.planner.refresh():
+                log.info("artifacts or data changed", extra={"fields": {"config": str(self.loaded.path)}})
+                self.events.put(ConfigChanged(reason="an artifact, data or calibration file changed"))
             cfg = self.loaded.config
             timeout = min(60.0, cfg.schedule.poll_interval_seconds)
             for target, stack in self.dispatcher.probe(sorted(cfg.targets), timeout).items():
@@ -91,6 +102,7 @@ class Daemon:
                 if diff:
                     log.info("stack changed", extra={"fields": {"target": target, "diff": diff}})
                     self.events.put(StackChanged(target, diff))
+            self.refresh_keys()
             self.last_poll_at = time.time()
         finally:
             self._poll_lock.release()
@@ -100,6 +112,19 @@ class Daemon:
             self.poll()
         except Exception:  # a failed poll is logged; the next one runs on schedule
             log.exception("poll failed")
+
+    def refresh_keys(self) -> None:
+        """The job key of every piece of work on the current stacks: what the gates compare against."""
+        jobs = self.planner.jobs("current", self.ledger.latest_fingerprints())
+        self.keys = current_keys(jobs)
+
+    def _missed(self) -> None:
+        self.missed_schedules += 1
+        log.warning("scheduled run missed", extra={"fields": {"missed_total": self.missed_schedules}})
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot(loaded=self.loaded, keys=self.keys, last_poll_at=self.last_poll_at,
+                        missed_schedules=self.missed_schedules, ledger_errors=self.ledger_errors)
 
     def nightly(self, now: dt.datetime) -> None:
         due = last_due(self.loaded.config.schedule, now) or now
@@ -127,6 +152,7 @@ class Daemon:
             self.loaded = loaded
             self.dispatcher.loaded = loaded
             self.planner = Planner(loaded, self.planner.hasher)
+            self.registry = registry_for(self.ledger, self.snapshot)
             log.info("config reloaded", extra={"fields": {"hash": loaded.hash}})
             self.events.put(ConfigChanged())
 
@@ -164,6 +190,7 @@ class Daemon:
             try:
                 self.handle(event)
             except Exception:  # one bad event must not stop the daemon
+                self.ledger_errors += 1
                 log.exception("event failed", extra={"fields": {"event": repr(event)}})
         self.shutdown()
         return 0
@@ -184,7 +211,14 @@ class Daemon:
     # -- HTTP -----------------------------------------------------------------------------------
     def routes(self) -> dict[tuple[str, str], Route]:
         return {("GET", "/healthz"): self._healthz, ("GET", "/readyz"): self._readyz,
-                ("POST", "/sweep"): self._sweep, ("GET", "/status"): self._status}
+                ("POST", "/sweep"): self._sweep, ("GET", "/status"): self._status,
+                ("GET", "/metrics"): self._metrics, ("GET", "/gates"): self._gates}
+
+    def _metrics(self, query: dict[str, str]) -> Response:
+        return 200, CONTENT_TYPE_LATEST, exposition(self.registry)
+
+    def _gates(self, query: dict[str, str]) -> Response:
+        return json_response(200, gates_document(compute_gates(self.ledger, self.snapshot())))
 
     def _healthz(self, query: dict[str, str]) -> Response:
         return json_response(200, {"status": "ok", "uptime_seconds": round(time.time() - self.started_at, 1)})

@@ -1,4 +1,4 @@
-"""The daemon's one HTTP server: /healthz, /readyz and the manual sweep trigger.
+"""The daemon's one HTTP server: /healthz, /readyz, /metrics, /gates and the manual sweep trigger.
 
 Bound to 127.0.0.1 by default. Routes are a plain table, so that other endpoints (metrics,
 gates) are added beside these without touching the server.
@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
+from typing import Any, Callable
 from urllib.parse import parse_qs, urlparse
 
 log = logging.getLogger("revalidator.http")
@@ -56,13 +57,26 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug(fmt % args)
 
 
+def tls_context(tls: Any) -> ssl.SSLContext:
+    """Server TLS from the config's daemon.tls; client certificates checked against client_cafile."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(tls.certfile, tls.keyfile)
+    if tls.client_cafile:
+        context.load_verify_locations(cafile=tls.client_cafile)
+        context.verify_mode = ssl.CERT_REQUIRED if tls.client_auth_required else ssl.CERT_OPTIONAL
+    return context
+
+
 class HttpServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, listen: str, routes: dict[tuple[str, str], Route]) -> None:
+    def __init__(self, listen: str, routes: dict[tuple[str, str], Route], tls: Any = None) -> None:
         host, _, port = listen.rpartition(":")
         self.routes = routes
         super().__init__((host, int(port)), _Handler)
+        if tls is not None:
+            self.socket = tls_context(tls).wrap_socket(self.socket, server_side=True)
         self._thread = threading.Thread(target=self.serve_forever, name="http", daemon=True)
 
     @property

@@ -265,6 +265,72 @@ class Ledger:
                 conn.execute(provenance.insert().values(run_id=run_id, document=json.dumps(result.provenance)))
         return True
 
+    # -- state for the exporter and the gates ----------------------------------------------------
+    _RUN_COLUMNS = ("run_id", "job_key", "target", "model", "candidate", "suite", "status", "verdict", "error",
+                    "created_at", "finished_at", "fingerprint_hash")
+
+    def latest_finished(self) -> tuple[dict[str, dict[str, Any]], dict[tuple[str, str, str, str], dict[str, Any]]]:
+        """The latest ended run per job key, and per (target, model, candidate, suite)."""
+        columns = [runs.c[name] for name in self._RUN_COLUMNS]
+        query = sa.select(*columns).where(runs.c.status.in_((FINISHED, ERROR_STATUS, UNSCHEDULABLE))).order_by(
+            runs.c.finished_at)
+        by_key: dict[str, dict[str, Any]] = {}
+        by_tuple: dict[tuple[str, str, str, str], dict[str, Any]] = {}
+        with self.engine.connect() as conn:
+            for row in conn.execute(query).mappings():
+                row = dict(row)
+                if row["job_key"]:
+                    by_key[row["job_key"]] = row
+                by_tuple[(row["target"], row["model"], row["candidate"], row["suite"])] = row
+        return by_key, by_tuple
+
+    def last_success(self) -> dict[tuple[str, str, str], float]:
+        query = sa.select(runs.c.target, runs.c.model, runs.c.candidate, sa.func.max(runs.c.finished_at)).where(
+            runs.c.verdict == "pass").group_by(runs.c.target, runs.c.model, runs.c.candidate)
+        with self.engine.connect() as conn:
+            return {(t, m, c): ts for t, m, c, ts in conn.execute(query)}
+
+    def results_for(self, run_ids: list[str]) -> list[tuple]:
+        """(run_id, check, dimension, value, n, baseline, candidate, delta, tolerance, verdict) rows."""
+        columns = (results.c.run_id, results.c.check_name, results.c.dimension, results.c.value, results.c.n,
+                   results.c.baseline, results.c.candidate, results.c.delta, results.c.tolerance, results.c.verdict)
+        out: list[tuple] = []
+        with self.engine.connect() as conn:
+            for start in range(0, len(run_ids), 500):
+                out += conn.execute(sa.select(*columns).where(results.c.run_id.in_(run_ids[start:start + 500]))).all()
+        return out
+
+    def job_counts(self) -> dict[tuple[str, str], int]:
+        """Runs per (target, status)."""
+        query = sa.select(runs.c.target, runs.c.status, sa.func.count()).group_by(runs.c.target, runs.c.status)
+        with self.engine.connect() as conn:
+            return {(t, s): n for t, s, n in conn.execute(query)}
+
+    def job_durations(self, buckets: tuple[float, ...]) -> tuple[list[int], int, float]:
+        """Cumulative counts of ended runs per duration bucket, their count and their duration sum."""
+        duration = runs.c.finished_at - runs.c.started_at
+        ended = runs.c.status.in_((FINISHED, ERROR_STATUS)) & runs.c.started_at.is_not(None)
+        columns = [sa.func.sum(sa.case((duration <= b, 1), else_=0)) for b in buckets]
+        query = sa.select(*columns, sa.func.count(), sa.func.coalesce(sa.func.sum(duration), 0.0)).where(ended)
+        with self.engine.connect() as conn:
+            row = conn.execute(query).one()
+        return [int(v or 0) for v in row[:len(buckets)]], int(row[-2]), float(row[-1])
+
+    def retries(self) -> int:
+        query = sa.select(sa.func.coalesce(sa.func.sum(runs.c.attempts - 1), 0)).where(runs.c.attempts > 1)
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar())
+
+    def catch_ups(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).where(sweeps.c.kind == "catch-up")).scalar())
+
+    def last_changes(self) -> dict[str, float]:
+        query = sa.select(component_changes.c.target, sa.func.max(component_changes.c.observed_at)).group_by(
+            component_changes.c.target)
+        with self.engine.connect() as conn:
+            return dict(conn.execute(query).all())
+
     # -- stacks ------------------------------------------------------------------------------
     def record_fingerprint(self, target: str, stack: dict[str, Any]) -> dict[str, tuple[str | None, str | None]]:
         """Store a target's probed stack; returns the component diff (old, new) against the last one.

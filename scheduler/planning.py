@@ -111,6 +111,13 @@ class Planner:
         self.hasher = hasher or FileHasher()
         self._work: list[_Work] | None = None
 
+    def refresh(self) -> bool:
+        """Re-read the artifacts, data and calibration sets (unchanged files cost a stat); True if any changed."""
+        before = {(w.model, w.candidate, w.suite.name): w.key for w in self._work or []}
+        self._work = None
+        after = {(w.model, w.candidate, w.suite.name): w.key for w in self.work()}
+        return bool(before) and before != after
+
     def work(self) -> list[_Work]:
         """Every (model, candidate, suite) of the config, with its content key (files hashed once)."""
         if self._work is not None:

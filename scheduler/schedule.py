@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Callable
 
+from apscheduler.events import EVENT_JOB_MISSED
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
@@ -47,10 +48,11 @@ def missed_sweep(schedule: Schedule, last_sweep: float | None, now: dt.datetime)
     return None
 
 
-def build_scheduler(schedule: Schedule, poll: Callable[[], None], nightly: Callable[[dt.datetime], None]
-                    ) -> BackgroundScheduler:
+def build_scheduler(schedule: Schedule, poll: Callable[[], None], nightly: Callable[[dt.datetime], None],
+                    missed: Callable[[], None] = lambda: None) -> BackgroundScheduler:
     """A BackgroundScheduler with the poll (every interval, no pile-up) and the nightly sweep."""
     scheduler = BackgroundScheduler(timezone=UTC)
+    scheduler.add_listener(lambda event: missed(), EVENT_JOB_MISSED)
     interval = schedule.poll_interval_seconds
     scheduler.add_job(poll, IntervalTrigger(seconds=interval, timezone=UTC), id="poll", replace_existing=True,
                       max_instances=1, coalesce=True, misfire_grace_time=max(1, int(interval)),

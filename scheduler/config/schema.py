@@ -167,10 +167,25 @@ class RaySettings(Strict):
     retry_backoff_seconds: float = Field(default=5, ge=0)  # doubled after each failed attempt
 
 
+class Tls(Strict):
+    """TLS for the daemon's HTTP server; with client_cafile, client certificates are checked."""
+
+    certfile: str
+    keyfile: str
+    client_cafile: str | None = None
+    client_auth_required: bool = False
+
+
+class MetricsSettings(Strict):
+    # Per run, at most this many slice values are exported (the aggregate and failing ones first).
+    max_slices_per_run: int = Field(default=64, ge=1, le=10_000)
+
+
 class DaemonSettings(Strict):
     listen: str = Field(default="127.0.0.1:9108", pattern=r"^[^:\s]+:\d{1,5}$")
     drain_seconds: float = Field(default=20, ge=0)  # on SIGTERM: finish in-flight jobs this long, then cancel
     log_format: Literal["json", "text"] = "json"
+    tls: Tls | None = None
 
 
 class Config(Strict):
@@ -180,6 +195,7 @@ class Config(Strict):
     ray: RaySettings = Field(default_factory=RaySettings)
     schedule: Schedule = Field(default_factory=Schedule)
     daemon: DaemonSettings = Field(default_factory=DaemonSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     # Which runners a component's change affects, beyond the defaults of scheduler/impact.py.
     impact: dict[str, list[Literal[RUNNERS]] | Literal["all", "gpu"]] = Field(default_factory=dict)  # type: ignore
     targets: dict[str, Target] = Field(min_length=1)

@@ -121,3 +121,13 @@ def test_unknown_selection(setup) -> None:
     _, loaded, _ = setup
     with pytest.raises(SelectionError, match="--target 'tpu'"):
         Planner(loaded).jobs("manual", target="tpu")
+
+
+def test_refresh_notices_a_replaced_artifact(setup) -> None:
+    tmp, loaded, _ = setup
+    planner = Planner(loaded)
+    planner.work()
+    assert planner.refresh() is False
+    (tmp / "pt.ts").write_bytes(b"a new build")
+    assert planner.refresh() is True
+    assert planner.refresh() is False

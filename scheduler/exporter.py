@@ -1,0 +1,243 @@
+"""Prometheus exposition, read from the ledger on every scrape (a restart resets nothing).
+
+A custom collector on its own registry: no global state, nothing registered at import. The
+metric catalogue and the cardinality budget are in the README; a golden test pins names,
+types and labels.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+
+from scheduler import __version__
+from scheduler.config import LoadedConfig
+from scheduler.gates import GATE_STATES, CurrentKeys, Gate, current_runs, decide
+from scheduler.ledger import Ledger
+
+log = logging.getLogger("revalidator.exporter")
+
+DURATION_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
+STACK_LABELS = ("kernel", "os", "cpu_model", "python", "torch", "onnxruntime", "tensorrt", "nvidia_driver",
+                "cuda_driver", "container_image")
+RUN_STATUSES = ("queued", "running", "finished", "error", "unschedulable")
+SLICE_LABELS = ["target", "model", "candidate", "suite", "dimension", "slice", "check"]
+GATE_LABELS = ["target", "model", "candidate"]
+
+
+@dataclass
+class Snapshot:
+    """What the daemon knows beyond the ledger: the current job keys and its own counters."""
+
+    loaded: LoadedConfig
+    keys: CurrentKeys
+    last_poll_at: float | None = None
+    missed_schedules: int = 0
+    ledger_errors: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def failed_slices(ledger: Ledger, run_ids: list[str]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for run_id, check, dimension, value, *_rest, verdict in ledger.results_for(run_ids):
+        if verdict == "fail":
+            where = "aggregate" if dimension == "all" else f"{dimension}={value}"
+            out.setdefault(run_id, []).append(f"{check} {where}")
+    return out
+
+
+def compute_gates(ledger: Ledger, snapshot: Snapshot) -> list[Gate]:
+    by_key, by_tuple = ledger.latest_finished()
+    runs = current_runs(snapshot.keys, by_key, by_tuple)
+    failing = [run["run_id"] for run, _ in runs.values() if run["verdict"] == "fail"]
+    return decide(snapshot.loaded, snapshot.keys, by_key, by_tuple, ledger.last_success(),
+                  failed_slices(ledger, failing))
+
+
+class LedgerCollector:
+    def __init__(self, ledger: Ledger, snapshot: Callable[[], Snapshot]) -> None:
+        self.ledger = ledger
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self.snapshot()
+        try:
+            yield from self._collect(snap)
+        except Exception:  # the scrape still answers with what the daemon itself knows
+            snap.ledger_errors += 1
+            log.exception("ledger read failed during a scrape")
+        yield from self._daemon(snap)
+
+    def _collect(self, snap: Snapshot) -> Iterator[Metric]:
+        ledger = self.ledger
+        by_key, by_tuple = ledger.latest_finished()
+        runs = current_runs(snap.keys, by_key, by_tuple)
+        yield from self._slices(snap, runs)
+        failing = [run["run_id"] for run, _ in runs.values() if run["verdict"] == "fail"]
+        gates = decide(snap.loaded, snap.keys, by_key, by_tuple, ledger.last_success(),
+                       failed_slices(ledger, failing))
+        yield from self._gates(gates)
+        yield from self._targets(snap)
+        yield from self._jobs()
+        yield from self._missed(snap)
+
+    def _slices(self, snap: Snapshot, runs: dict) -> Iterator[Metric]:
+        families = {
+            "candidate": GaugeMetricFamily("revalidator_check_candidate_value",
+                                           "The candidate's value of the checked quantity on a slice.",
+                                           labels=SLICE_LABELS),
+            "baseline": GaugeMetricFamily("revalidator_check_baseline_value",
+                                          "The baseline's value of the checked quantity on the same slice.",
+                                          labels=SLICE_LABELS),
+            "delta": GaugeMetricFamily("revalidator_check_delta", "Candidate minus baseline on a slice.",
+                                       labels=SLICE_LABELS),
+            "tolerance": GaugeMetricFamily("revalidator_check_tolerance",
+                                           "The check's tolerance, fixed in the config.", labels=SLICE_LABELS),
+            "pass": GaugeMetricFamily("revalidator_check_pass",
+                                      "1 if the check passed on the slice, 0 if it failed (judged slices only).",
+                                      labels=SLICE_LABELS),
+            "rows": GaugeMetricFamily("revalidator_check_rows", "Rows in the slice.", labels=SLICE_LABELS),
+        }
+        limit = snap.loaded.config.metrics.max_slices_per_run
+        run_work = {run["run_id"]: work for work, (run, _) in runs.items()}
+        rows_by_run: dict[str, list[tuple]] = {}
+        for row in self.ledger.results_for(list(run_work)):
+            rows_by_run.setdefault(row[0], []).append(row)
+        for run_id, rows in rows_by_run.items():
+            target, model, candidate, suite = run_work[run_id]
+            for row in _within_budget(rows, limit):
+                _, check, dimension, value, n, baseline, cand, delta, tolerance, verdict = row
+                labels = [target, model, candidate, suite, dimension, value, check]
+                families["rows"].add_metric(labels, n)
+                families["tolerance"].add_metric(labels, tolerance)
+                for name, number in (("candidate", cand), ("baseline", baseline), ("delta", delta)):
+                    if number is not None:
+                        families[name].add_metric(labels, number)
+                if verdict in ("pass", "fail"):
+                    families["pass"].add_metric(labels, 1.0 if verdict == "pass" else 0.0)
+        yield from families.values()
+
+    @staticmethod
+    def _gates(gates: list[Gate]) -> Iterator[Metric]:
+        state = GaugeMetricFamily("revalidator_gate_state", "1 for the gate's current state, 0 for the others.",
+                                  labels=GATE_LABELS + ["state"])
+        serve = GaugeMetricFamily("revalidator_gate_serve_candidate",
+                                  "1 if serving should use the candidate now, 0 to fall back to the baseline.",
+                                  labels=GATE_LABELS)
+        last_run = GaugeMetricFamily("revalidator_gate_last_run_timestamp_seconds",
+                                     "When the candidate was last validated on the target.", labels=GATE_LABELS)
+        last_ok = GaugeMetricFamily("revalidator_gate_last_success_timestamp_seconds",
+                                    "When the candidate last passed on the target.", labels=GATE_LABELS)
+        for gate in gates:
+            labels = [gate.target, gate.model, gate.candidate]
+            for name in GATE_STATES:
+                state.add_metric(labels + [name], 1.0 if gate.state == name else 0.0)
+            serve.add_metric(labels, 1.0 if gate.use == "candidate" else 0.0)
+            if gate.last_run_at:
+                last_run.add_metric(labels, gate.last_run_at)
+            if gate.last_success_at:
+                last_ok.add_metric(labels, gate.last_success_at)
+        yield from (state, serve, last_run, last_ok)
+
+    def _targets(self, snap: Snapshot) -> Iterator[Metric]:
+        ledger = self.ledger
+        info = GaugeMetricFamily("revalidator_target_stack_info", "The target's stack: component versions as labels.",
+                                 labels=["target", *STACK_LABELS, "fingerprint"])
+        probe_ok = GaugeMetricFamily("revalidator_probe_success",
+                                     "1 if the probe ran (or does not apply here), 0 if it failed.",
+                                     labels=["target", "probe"])
+        last_probe = GaugeMetricFamily("revalidator_target_last_probe_timestamp_seconds",
+                                       "When the target's stack was last probed successfully.", labels=["target"])
+        last_change = GaugeMetricFamily("revalidator_target_last_stack_change_timestamp_seconds",
+                                        "When a component of the target's stack last changed.", labels=["target"])
+        up = GaugeMetricFamily("revalidator_target_up", "1 if the target's probe reached it at the last poll.",
+                               labels=["target"])
+        unschedulable = GaugeMetricFamily("revalidator_target_unschedulable",
+                                          "1 if no Ray node offers the target.", labels=["target"])
+        changes = CounterMetricFamily("revalidator_stack_changes", "Stack changes seen, by component.",
+                                      labels=["target", "component"])
+        configured = snap.loaded.config.targets
+        for target, fp in ledger.latest_fingerprints().items():
+            if target not in configured:
+                continue
+            components = fp["components"]
+            info.add_metric([target, *(components.get(k, "") for k in STACK_LABELS), fp["hash"]], 1.0)
+            for probe, outcome in fp["probes"].items():
+                probe_ok.add_metric([target, probe], 0.0 if outcome["status"] == "error" else 1.0)
+        states = ledger.target_states()
+        for target in configured:
+            state = states.get(target)
+            if state is None:
+                continue
+            if state.get("last_probe_at"):
+                last_probe.add_metric([target], state["last_probe_at"])
+            up.add_metric([target], 0.0 if state["state"] == "unreachable" else 1.0)
+            unschedulable.add_metric([target], 1.0 if state["state"] == "unschedulable" else 0.0)
+        for target, when in ledger.last_changes().items():
+            if target in configured:
+                last_change.add_metric([target], when)
+        for (target, component), count in ledger.change_counts().items():
+            if target in configured:
+                changes.add_metric([target, component], count)
+        yield from (info, probe_ok, last_probe, last_change, up, unschedulable, changes)
+
+    def _jobs(self) -> Iterator[Metric]:
+        ledger = self.ledger
+        jobs = GaugeMetricFamily("revalidator_jobs", "Validation runs in the ledger, by target and state.",
+                                 labels=["target", "state"])
+        for (target, status), count in sorted(ledger.job_counts().items()):
+            jobs.add_metric([target, status if status in RUN_STATUSES else "cancelled"], count)
+        errors = CounterMetricFamily("revalidator_job_errors", "Runs that ended in an error or unschedulable.",
+                                     labels=["target"])
+        per_target: dict[str, int] = {}
+        for (target, status), count in ledger.job_counts().items():
+            if status in ("error", "unschedulable"):
+                per_target[target] = per_target.get(target, 0) + count
+        for target, count in sorted(per_target.items()):
+            errors.add_metric([target], count)
+        cumulative, count, total = ledger.job_durations(DURATION_BUCKETS)
+        duration = HistogramMetricFamily("revalidator_job_duration_seconds", "Wall time of ended validation runs.",
+                                         buckets=[(str(b), c) for b, c in zip(DURATION_BUCKETS, cumulative)]
+                                         + [("+Inf", count)], sum_value=total)
+        retries = CounterMetricFamily("revalidator_job_retries", "Job attempts repeated after a worker or node failure.",
+                                      value=ledger.retries())
+        yield from (jobs, errors, duration, retries)
+
+    def _missed(self, snap: Snapshot) -> Iterator[Metric]:
+        yield CounterMetricFamily("revalidator_missed_schedules",
+                                  "Scheduled sweeps missed (caught up at start, or skipped by the scheduler).",
+                                  value=snap.missed_schedules + self.ledger.catch_ups())
+
+    def _daemon(self, snap: Snapshot) -> Iterator[Metric]:
+        build = GaugeMetricFamily("revalidator_build_info", "The running revalidator.", labels=["version"])
+        build.add_metric([__version__], 1.0)
+        errors = CounterMetricFamily("revalidator_ledger_errors", "Ledger reads or writes that failed.",
+                                     value=snap.ledger_errors)
+        poll = GaugeMetricFamily("revalidator_last_poll_timestamp_seconds", "When the daemon last polled every target.")
+        if snap.last_poll_at:
+            poll.add_metric([], snap.last_poll_at)
+        yield from (build, errors, poll)
+
+
+def _within_budget(rows: list[tuple], limit: int) -> list[tuple]:
+    """The aggregate and then failing slices first, at most `limit` slice values per run."""
+    slices = {(r[2], r[3]) for r in rows}
+    if len(slices) <= limit:
+        return rows
+    failing = {(r[2], r[3]) for r in rows if r[9] == "fail"}
+    keep = set(sorted(slices, key=lambda s: (s[0] != "all", s not in failing, s))[:limit])
+    return [r for r in rows if (r[2], r[3]) in keep]
+
+
+def registry_for(ledger: Ledger, snapshot: Callable[[], Snapshot]) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(LedgerCollector(ledger, snapshot))
+    return registry
+
+
+def exposition(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)

@@ -1,0 +1,105 @@
+"""The rollback gate: for each model, candidate and target, which artifact serving should use now.
+
+A candidate is served only when every suite of its model has a result for the job key of
+the *current* state: the target's current stack (the part that can affect its runners), the
+current artifacts, data and checks. Any change that has not been re-validated yet, a failed
+or insufficient verdict, or an error, sends serving back to the baseline.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from runners.contracts import ERROR, FAIL, INSUFFICIENT, PASS, worst_verdict
+from scheduler.config import LoadedConfig
+
+UNKNOWN = "unknown"
+GATE_STATES = (PASS, FAIL, INSUFFICIENT, ERROR, UNKNOWN)
+
+# (target, model, candidate, suite) -> the job key of that work on the current state
+CurrentKeys = dict[tuple[str, str, str, str], str]
+
+
+@dataclass
+class Gate:
+    target: str
+    model: str
+    candidate: str
+    state: str  # one of GATE_STATES
+    use: str  # "candidate" or "baseline"
+    artifact: str
+    reason: str
+    run_ids: list[str]  # the runs that decided it (one per suite), newest known when stale
+    last_run_at: float | None
+    last_success_at: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def current_keys(planner_jobs: list) -> CurrentKeys:
+    return {(j.target, j.model, j.candidate, j.suite.name): j.job_key for j in planner_jobs}
+
+
+def current_runs(keys: CurrentKeys, by_key: dict[str, dict], by_tuple: dict[tuple, dict]
+                 ) -> dict[tuple[str, str, str, str], tuple[dict, bool]]:
+    """Per (target, model, candidate, suite): the run that speaks for it, and whether it is current."""
+    out = {}
+    for work, key in keys.items():
+        if key in by_key:
+            out[work] = (by_key[key], True)
+        elif work in by_tuple:
+            out[work] = (by_tuple[work], False)
+    return out
+
+
+def decide(loaded: LoadedConfig, keys: CurrentKeys, by_key: dict[str, dict], by_tuple: dict[tuple, dict],
+           last_success: dict[tuple[str, str, str], float],
+           failed_slices: dict[str, list[str]] | None = None) -> list[Gate]:
+    """Every (target, model, candidate) gate. `failed_slices`: run id -> "check dimension=value" that failed."""
+    failed_slices = failed_slices or {}
+    cfg = loaded.config
+    runs = current_runs(keys, by_key, by_tuple)
+    suites_of: dict[tuple[str, str, str], list[tuple[str, str, str, str]]] = {}
+    for work in keys:
+        suites_of.setdefault(work[:3], []).append(work)
+    gates = []
+    for (target, model, candidate), works in sorted(suites_of.items()):
+        spoken = [runs[w] for w in works if w in runs]
+        current = [run for run, is_current in spoken if is_current]
+        if len(current) == len(works):
+            state = _state([run["verdict"] for run in current])
+            reason = {PASS: "passed every check on the current stack and artifacts",
+                      FAIL: "failed on the current stack: " + ", ".join(
+                          f for r in current for f in failed_slices.get(r["run_id"], [f"suite {r['suite']}"])),
+                      INSUFFICIENT: "too few rows to judge on the current stack",
+                      ERROR: "the validation job failed: " + "; ".join(
+                          (r["error"] or "").splitlines()[0] for r in current if r["verdict"] == ERROR)}[state]
+        else:
+            state = UNKNOWN
+            reason = ("the stack, artifacts or checks changed since the last validation; re-validation pending"
+                      if spoken else "not validated yet")
+        use = "candidate" if state == PASS else "baseline"
+        model_cfg = cfg.models[model]
+        artifact = model_cfg.candidates[candidate].path if use == "candidate" else model_cfg.baseline.path
+        decided_by = current if state != UNKNOWN else [run for run, _ in spoken]
+        finished = [run["finished_at"] for run, _ in spoken if run["finished_at"]]
+        gates.append(Gate(target=target, model=model, candidate=candidate, state=state, use=use,
+                          artifact=loaded.resolve(artifact), reason=reason,
+                          run_ids=[run["run_id"] for run in decided_by], last_run_at=max(finished, default=None),
+                          last_success_at=last_success.get((target, model, candidate))))
+    return gates
+
+
+def _state(verdicts: list[str]) -> str:
+    return worst_verdict([v if v in GATE_STATES else ERROR for v in verdicts])
+
+
+def gates_document(gates: list[Gate]) -> dict[str, Any]:
+    """The /gates JSON: per model and target, each candidate's decision."""
+    models: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for gate in gates:
+        models.setdefault(gate.model, {}).setdefault(gate.target, []).append(gate.to_dict())
+    return {"version": 1, "generated_at": time.time(), "models": models}
