@@ -270,7 +270,11 @@ class Ledger:
                     "created_at", "finished_at", "fingerprint_hash")
 
     def latest_finished(self) -> tuple[dict[str, dict[str, Any]], dict[tuple[str, str, str, str], dict[str, Any]]]:
-        """The latest ended run per job key, and per (target, model, candidate, suite)."""
+        """The latest ended run per job key, and per (target, model, candidate, suite).
+
+        Per key, a finished run outranks a later error: an infrastructure failure of the same work
+        on the same stack does not undo what is known about it.
+        """
         columns = [runs.c[name] for name in self._RUN_COLUMNS]
         query = sa.select(*columns).where(runs.c.status.in_((FINISHED, ERROR_STATUS, UNSCHEDULABLE))).order_by(
             runs.c.finished_at)
@@ -279,8 +283,9 @@ class Ledger:
         with self.engine.connect() as conn:
             for row in conn.execute(query).mappings():
                 row = dict(row)
-                if row["job_key"]:
-                    by_key[row["job_key"]] = row
+                key = row["job_key"]
+                if key and (row["status"] == FINISHED or by_key.get(key, {}).get("status") != FINISHED):
+                    by_key[key] = row
                 by_tuple[(row["target"], row["model"], row["candidate"], row["suite"])] = row
         return by_key, by_tuple
 

@@ -1,0 +1,154 @@
+"""The exporter and the gates, read from a real SQLite ledger: values, gate decisions, the golden
+exposition (names, types, labels), and promtool's metric lint."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from runners.contracts import CheckResult, JobResult
+from scheduler.config import load_config
+from scheduler.exporter import Snapshot, compute_gates, exposition, registry_for
+from scheduler.gates import current_keys
+from scheduler.ledger import Ledger
+from scheduler.planning import Planner
+from tests.conftest import REPO
+from tests.scheduler.test_planning import CONFIG, STACK
+
+GOLDEN = REPO / "tests" / "fixtures" / "exposition.golden"
+
+
+def result(spec, verdict: str) -> JobResult:
+    checks = [CheckResult("max_drop", "all", "all", 1000, 0.97, 0.955, -0.015, 0.02, "pass", {"mcnemar_p": 0.01}),
+              CheckResult("max_drop", "scan", "faint", 90, 0.98, 0.73 if verdict == "fail" else 0.975,
+                          -0.25 if verdict == "fail" else -0.005, 0.08, verdict, {}),
+              CheckResult("max_drop", "scan", "tiny", 5, 1.0, 1.0, 0.0, 0.08, "insufficient", {})]
+    now = time.time()
+    return JobResult(job_id=spec.job_id, status="finished", verdict=verdict, checks=checks,
+                     provenance={"fingerprint": {"hash": "fp"}}, started_at=now - 2, finished_at=now)
+
+
+@pytest.fixture
+def world(tmp_path: Path):
+    for name in ("base.onnx", "ort.onnx", "pt.ts", "eval.npz"):
+        (tmp_path / name).write_bytes(name.encode())
+    path = tmp_path / "targets.yaml"
+    path.write_text(CONFIG.format(d=tmp_path))
+    loaded = load_config(path)
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    for target in ("cpu", "gpu"):
+        ledger.record_fingerprint(target, {"hash": f"{target}-1", "components": dict(STACK),
+                                           "probes": {"kernel": {"status": "ok"}, "nvidia": {"status": "error"}}})
+    jobs = Planner(loaded).jobs("manual", ledger.latest_fingerprints())
+    for spec in jobs:
+        verdict = "fail" if (spec.target, spec.candidate) == ("cpu", "pt") else "pass"
+        ledger.finish_run(ledger.start_run(spec), result(spec, verdict))
+    # A driver upgrade on the CPU target: a stack change that affects none of its jobs.
+    ledger.record_fingerprint("cpu", {"hash": "cpu-2", "components": {**STACK, "nvidia_driver": "560"},
+                                      "probes": {"kernel": {"status": "ok"}}})
+    ledger.close_unfinished(ledger.enqueue(jobs[0]), "unschedulable", "no node")
+    snapshot = Snapshot(loaded=loaded, keys=current_keys(Planner(loaded).jobs("current", ledger.latest_fingerprints())),
+                        last_poll_at=time.time())
+    return loaded, ledger, snapshot
+
+
+def gates_by(ledger, snapshot) -> dict[tuple[str, str], object]:
+    return {(g.target, g.candidate): g for g in compute_gates(ledger, snapshot)}
+
+
+def test_gates_serve_the_candidate_only_when_it_passed_on_the_current_stack(world) -> None:
+    loaded, ledger, snapshot = world
+    gates = gates_by(ledger, snapshot)
+    assert {k: (g.state, g.use) for k, g in gates.items()} == {
+        ("cpu", "ort"): ("pass", "candidate"), ("cpu", "pt"): ("fail", "baseline"),
+        ("gpu", "ort"): ("pass", "candidate"), ("gpu", "pt"): ("pass", "candidate")}
+    assert gates[("cpu", "pt")].reason == "failed on the current stack: max_drop scan=faint"
+    assert gates[("cpu", "pt")].artifact.endswith("base.onnx") and gates[("cpu", "ort")].artifact.endswith("ort.onnx")
+    # A torch upgrade on gpu: pt there has no result for the new stack yet -> baseline; ort is unaffected.
+    ledger.record_fingerprint("gpu", {"hash": "gpu-2", "components": {**STACK, "torch": "2.6"}, "probes": {}})
+    snapshot.keys = current_keys(Planner(loaded).jobs("current", ledger.latest_fingerprints()))
+    gates = gates_by(ledger, snapshot)
+    assert (gates[("gpu", "pt")].state, gates[("gpu", "pt")].use) == ("unknown", "baseline")
+    assert "re-validation pending" in gates[("gpu", "pt")].reason
+    assert gates[("gpu", "ort")].state == "pass"
+    # Rolling the upgrade back restores the earlier decision without re-running anything.
+    ledger.record_fingerprint("gpu", {"hash": "gpu-1", "components": dict(STACK), "probes": {}})
+    snapshot.keys = current_keys(Planner(loaded).jobs("current", ledger.latest_fingerprints()))
+    assert gates_by(ledger, snapshot)[("gpu", "pt")].state == "pass"
+
+
+def samples(text: str) -> dict[str, float]:
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+            if line and not line.startswith("#")}
+
+
+def test_exposition_values(world) -> None:
+    _, ledger, snapshot = world
+    text = exposition(registry_for(ledger, lambda: snapshot)).decode()
+    values = samples(text)
+    faint = ('{candidate="pt",check="max_drop",dimension="scan",model="m",slice="faint",suite="s",target="cpu"}')
+    assert values["revalidator_check_pass" + faint] == 0.0
+    assert values["revalidator_check_candidate_value" + faint] == pytest.approx(0.73)
+    assert values["revalidator_check_delta" + faint] == pytest.approx(-0.25)
+    assert values["revalidator_check_tolerance" + faint] == pytest.approx(0.08)
+    tiny = faint.replace("faint", "tiny")
+    assert "revalidator_check_pass" + tiny not in values  # insufficient slices are not judged
+    assert values["revalidator_check_rows" + tiny] == 5
+    gate = '{candidate="pt",model="m",state="fail",target="cpu"}'
+    assert values["revalidator_gate_state" + gate] == 1.0
+    assert values['revalidator_gate_serve_candidate{candidate="pt",model="m",target="cpu"}'] == 0.0
+    assert values['revalidator_gate_serve_candidate{candidate="ort",model="m",target="cpu"}'] == 1.0
+    assert values['revalidator_probe_success{probe="nvidia",target="gpu"}'] == 0.0
+    assert values['revalidator_jobs{state="finished",target="cpu"}'] == 2
+    assert values['revalidator_stack_changes_total{component="nvidia_driver",target="cpu"}'] == 1
+    assert values[f'revalidator_job_errors_total{{target="{snapshot.loaded.config.targets and "cpu"}"}}'] == 1
+    assert values['revalidator_job_duration_seconds_count'] == 4
+    assert values['revalidator_job_duration_seconds_bucket{le="2.5"}'] == 4
+
+
+def test_slice_budget_keeps_the_aggregate_and_failures(world) -> None:
+    loaded, ledger, snapshot = world
+    snapshot.loaded = loaded.__class__(config=loaded.config.model_copy(update={"metrics": loaded.config.metrics
+                                       .model_copy(update={"max_slices_per_run": 2})}), path=loaded.path,
+                                       hash=loaded.hash)
+    text = exposition(registry_for(ledger, lambda: snapshot)).decode()
+    rows = [k for k in samples(text) if k.startswith("revalidator_check_rows") and 'target="cpu"' in k
+            and 'candidate="pt"' in k]
+    assert sorted(re.search(r'slice="(\w+)"', r).group(1) for r in rows) == ["all", "faint"]
+
+
+def shape(text: str) -> list[str]:
+    """Each family's name and type, and the label names of its samples."""
+    out, types = [], {}
+    for line in text.splitlines():
+        if line.startswith("# TYPE"):
+            _, _, name, kind = line.split()
+            types[name] = kind
+            out.append(f"{name} {kind}")
+        elif line and not line.startswith("#"):
+            name = re.match(r"[a-zA-Z_:][\w:]*", line).group(0)
+            labels = ",".join(sorted(re.findall(r'(\w+)="', line)))
+            out.append(f"  {name} {{{labels}}}")
+    return list(dict.fromkeys(out))
+
+
+def test_golden_exposition(world) -> None:
+    _, ledger, snapshot = world
+    text = exposition(registry_for(ledger, lambda: snapshot)).decode()
+    assert shape(text) == GOLDEN.read_text().splitlines(), \
+        "metric names, types or labels changed: update tests/fixtures/exposition.golden and the README catalogue"
+
+
+def test_promtool_check_metrics(world) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed")
+    _, ledger, snapshot = world
+    done = subprocess.run([promtool, "check", "metrics"], input=exposition(registry_for(ledger, lambda: snapshot)),
+                          capture_output=True)
+    assert done.returncode == 0 and not done.stdout.strip() and not done.stderr.strip(), done.stdout + done.stderr
