@@ -24,7 +24,7 @@ from scheduler.dispatch import InfrastructureError, RayDispatcher
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from scheduler.events import ConfigChanged, Event, Manual, Scheduled, StackChanged
-from scheduler.exporter import Snapshot, compute_gates, exposition, registry_for
+from scheduler.exporter import Exporter, Snapshot, compute_gates
 from scheduler.gates import CurrentKeys, current_keys, gates_document
 from scheduler.http import HttpServer, Response, Route, json_response
 from scheduler.ledger import Ledger
@@ -55,7 +55,7 @@ class Daemon:
         cfg = self.loaded.config
         self.ledger = Ledger(cfg.ledger, self.loaded.base_dir)
         self.listener = LedgerListener(self.ledger)
-        self.registry = registry_for(self.ledger, self.snapshot)
+        self.exporter = Exporter(self.ledger, self.snapshot)
         try:
             self.http = HttpServer(self.listen, self.routes(), cfg.daemon.tls)
         except OSError as exc:
@@ -152,7 +152,6 @@ class Daemon:
             self.loaded = loaded
             self.dispatcher.loaded = loaded
             self.planner = Planner(loaded, self.planner.hasher)
-            self.registry = registry_for(self.ledger, self.snapshot)
             log.info("config reloaded", extra={"fields": {"hash": loaded.hash}})
             self.events.put(ConfigChanged())
 
@@ -215,7 +214,7 @@ class Daemon:
                 ("GET", "/metrics"): self._metrics, ("GET", "/gates"): self._gates}
 
     def _metrics(self, query: dict[str, str]) -> Response:
-        return 200, CONTENT_TYPE_LATEST, exposition(self.registry)
+        return 200, CONTENT_TYPE_LATEST, self.exporter.render()
 
     def _gates(self, query: dict[str, str]) -> Response:
         return json_response(200, gates_document(compute_gates(self.ledger, self.snapshot())))

@@ -13,7 +13,7 @@ import pytest
 
 from runners.contracts import CheckResult, JobResult
 from scheduler.config import load_config
-from scheduler.exporter import Snapshot, compute_gates, exposition, registry_for
+from scheduler.exporter import Exporter, Snapshot, compute_gates
 from scheduler.gates import current_keys
 from scheduler.ledger import Ledger
 from scheduler.planning import Planner
@@ -27,7 +27,8 @@ def result(spec, verdict: str) -> JobResult:
     checks = [CheckResult("max_drop", "all", "all", 1000, 0.97, 0.955, -0.015, 0.02, "pass", {"mcnemar_p": 0.01}),
               CheckResult("max_drop", "scan", "faint", 90, 0.98, 0.73 if verdict == "fail" else 0.975,
                           -0.25 if verdict == "fail" else -0.005, 0.08, verdict, {}),
-              CheckResult("max_drop", "scan", "tiny", 5, 1.0, 1.0, 0.0, 0.08, "insufficient", {})]
+              CheckResult("max_drop", "scan", "tiny", 5, 1.0, 1.0, 0.0, 0.08, "insufficient", {}),
+              CheckResult("max_drop", "quote", 'say "hi" \\ now', 60, 1.0, 1.0, 0.0, 0.08, "pass", {})]
     now = time.time()
     return JobResult(job_id=spec.job_id, status="finished", verdict=verdict, checks=checks,
                      provenance={"fingerprint": {"hash": "fp"}}, started_at=now - 2, finished_at=now)
@@ -83,13 +84,21 @@ def test_gates_serve_the_candidate_only_when_it_passed_on_the_current_stack(worl
 
 
 def samples(text: str) -> dict[str, float]:
-    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-            if line and not line.startswith("#")}
+    """Sample values by name{labels}, labels in name order (whatever order the exposition used)."""
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            series, value = line.rsplit(" ", 1)
+            name, _, labels = series.partition("{")
+            pairs = sorted(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', labels))
+            key = name + ("{" + ",".join(f'{k}="{v}"' for k, v in pairs) + "}" if pairs else "")
+            out[key] = float(value)
+    return out
 
 
 def test_exposition_values(world) -> None:
     _, ledger, snapshot = world
-    text = exposition(registry_for(ledger, lambda: snapshot)).decode()
+    text = Exporter(ledger, lambda: snapshot).render().decode()
     values = samples(text)
     faint = ('{candidate="pt",check="max_drop",dimension="scan",model="m",slice="faint",suite="s",target="cpu"}')
     assert values["revalidator_check_pass" + faint] == 0.0
@@ -99,6 +108,9 @@ def test_exposition_values(world) -> None:
     tiny = faint.replace("faint", "tiny")
     assert "revalidator_check_pass" + tiny not in values  # insufficient slices are not judged
     assert values["revalidator_check_rows" + tiny] == 5
+    quoted = ('{candidate="pt",check="max_drop",dimension="quote",model="m",slice="say \\"hi\\" \\\\ now",'
+              'suite="s",target="cpu"}')
+    assert values["revalidator_check_pass" + quoted] == 1.0  # label values escaped
     gate = '{candidate="pt",model="m",state="fail",target="cpu"}'
     assert values["revalidator_gate_state" + gate] == 1.0
     assert values['revalidator_gate_serve_candidate{candidate="pt",model="m",target="cpu"}'] == 0.0
@@ -116,7 +128,7 @@ def test_slice_budget_keeps_the_aggregate_and_failures(world) -> None:
     snapshot.loaded = loaded.__class__(config=loaded.config.model_copy(update={"metrics": loaded.config.metrics
                                        .model_copy(update={"max_slices_per_run": 2})}), path=loaded.path,
                                        hash=loaded.hash)
-    text = exposition(registry_for(ledger, lambda: snapshot)).decode()
+    text = Exporter(ledger, lambda: snapshot).render().decode()
     rows = [k for k in samples(text) if k.startswith("revalidator_check_rows") and 'target="cpu"' in k
             and 'candidate="pt"' in k]
     assert sorted(re.search(r'slice="(\w+)"', r).group(1) for r in rows) == ["all", "faint"]
@@ -139,7 +151,7 @@ def shape(text: str) -> list[str]:
 
 def test_golden_exposition(world) -> None:
     _, ledger, snapshot = world
-    text = exposition(registry_for(ledger, lambda: snapshot)).decode()
+    text = Exporter(ledger, lambda: snapshot).render().decode()
     assert shape(text) == GOLDEN.read_text().splitlines(), \
         "metric names, types or labels changed: update tests/fixtures/exposition.golden and the README catalogue"
 
@@ -149,6 +161,6 @@ def test_promtool_check_metrics(world) -> None:
     if promtool is None:
         pytest.skip("promtool is not installed")
     _, ledger, snapshot = world
-    done = subprocess.run([promtool, "check", "metrics"], input=exposition(registry_for(ledger, lambda: snapshot)),
+    done = subprocess.run([promtool, "check", "metrics"], input=Exporter(ledger, lambda: snapshot).render(),
                           capture_output=True)
     assert done.returncode == 0 and not done.stdout.strip() and not done.stderr.strip(), done.stdout + done.stderr
