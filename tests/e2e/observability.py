@@ -248,10 +248,10 @@ receivers:
         return [json.loads(line) for line in self.daemon.log.read_text().splitlines() if line.startswith("{")]
 
     # -- the upgrade ----------------------------------------------------------------------------
-    def upgrade(self) -> float:
+    def upgrade(self, firmware: str = "2.0") -> float:
         """A stack change seen by the probe, and the candidate replaced by a broken build of it."""
         shutil.copy(self.demo / "digits-w4a2.onnx", self.candidate)
-        self.firmware.write_text("2.0\n")
+        self.firmware.write_text(f"{firmware}\n")
         return time.time()
 
     def roll_back(self) -> float:
