@@ -102,15 +102,28 @@ def test_a_change_on_one_target_revalidates_only_its_jobs_and_nothing_else(clust
     status, body = daemon.get("/status")
     assert status == 200 and {t: s["state"] for t, s in body["targets"].items()} == {"a": "ok", "b": "ok", "c": "ok"}
 
-    # (g) SIGTERM during a sweep: out within the drain deadline, ledger consistent.
-    assert daemon.post("/sweep?force=1") == 202
-    wait_for(lambda: any(r["status"] == "running" for r in runs(config)), 30, "a running job")
+    assert daemon.terminate(timeout=30)[0] == 0
+
+
+def test_sigterm_mid_job_stops_within_the_drain_deadline_with_the_ledger_consistent(cluster, demo_dir, tmp_path,
+                                                                                    daemons):
+    config = cluster_config(tmp_path, demo_dir, TARGETS, slow=True)  # jobs take over 4 s: one is in flight
+    daemon = DaemonProcess(config, cluster.address)
+    daemons.append(daemon)
+    daemon.wait_ready()
+    wait_for(lambda: any(r["status"] == "running" for r in runs(config)), 60, "a running job")
     code, seconds = daemon.terminate(timeout=30)
     assert code == 0 and seconds < 3 + 10  # drain_seconds + stopping Ray and the server
     statuses = Counter(r["status"] for r in runs(config))
-    assert statuses["running"] == 0 and set(statuses) <= {"finished", "queued"}
+    assert statuses["running"] == 0 and set(statuses) <= {"finished", "queued"} and statuses["queued"] >= 1
     messages = [line["msg"] for line in daemon.logs()]
     assert "shutting down" in messages and messages[-1] == "stopped"
+    assert "job handed back" in messages  # unfinished work is left queued for the next start
+    # The next start resumes exactly what was left.
+    again = DaemonProcess(config, cluster.address)
+    daemons.append(again)
+    again.wait_ready()
+    wait_for(lambda: Counter(r["status"] for r in runs(config)) == {"finished": 6}, 120, "the resumed jobs")
 
 
 def test_kill_9_mid_sweep_then_restart_records_everything_exactly_once(cluster, demo_dir, tmp_path, daemons):
