@@ -146,3 +146,19 @@ def test_unreachable_ray_cluster_exits_3(tmp_path: Path, demo_dir: Path) -> None
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 3, proc.stderr
     assert "cannot start or reach 127.0.0.1:1" in proc.stderr
+
+
+@pytest.mark.ray
+def test_sweep_without_a_daemon_runs_once_here_and_dedupes(tmp_path: Path, demo_dir: Path, ray_local, capsys) -> None:
+    from tests.scheduler.daemon_support import free_port
+
+    path = write_config(tmp_path, demo_dir)
+    path.write_text(path.read_text() + f"daemon: {{listen: '127.0.0.1:{free_port()}'}}\n")
+    code, out, err = run_cli(capsys, "sweep", "-c", str(path))
+    assert code == 1 and "sweeping once here" in err and "ort-w4a2 on local-cpu (suite digits): FAIL" in out
+    code, out, _ = run_cli(capsys, "sweep", "-c", str(path))
+    assert code == 0 and "2 job(s) already validated on the current stack" in out
+    code, out, _ = run_cli(capsys, "sweep", "-c", str(path), "--force", "--target", "local-cpu")
+    assert code == 1 and out.count("(suite digits)") == 2
+    code, _, err = run_cli(capsys, "sweep", "-c", str(path), "--target", "nope")
+    assert code == 2 and "no such target" in err
