@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from pydantic import ValidationError
 from scheduler.config.schema import Config
 
 Path_ = tuple[str | int, ...]
+
+LEDGER_URL_VARIABLE = "REVALIDATOR_LEDGER_URL"
 
 
 class ConfigError(Exception):
@@ -182,6 +185,8 @@ def load_config(path: str | Path, check_files: bool = True) -> LoadedConfig:
             line, field = located.locate(error["loc"])
             errors.append(f"{source}:{line}: {format_path(field)}: {_message(error, field)}")
         raise ConfigError(errors) from exc
+    if os.environ.get(LEDGER_URL_VARIABLE):  # a database URL with credentials comes from a Secret, not the file
+        config = config.model_copy(update={"ledger": os.environ[LEDGER_URL_VARIABLE]})
     digest = hashlib.sha256(json.dumps(config.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
     loaded = LoadedConfig(config=config, path=path.resolve(), hash=digest[:16])
     if check_files:

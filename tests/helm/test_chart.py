@@ -1,0 +1,169 @@
+"""The Helm chart, rendered by a real helm: lint, core objects against Kubernetes' schemas, the CRD
+objects against their schemas, bad values refused, and targets that cannot drift from worker groups."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from scheduler.config import load_config
+from tests.conftest import REPO
+
+CHART = REPO / "helm" / "revalidator"
+EXAMPLE = REPO / "helm" / "examples" / "three-targets.yaml"
+CRDS = REPO / "tests" / "fixtures" / "crds"
+
+
+def helm_binary() -> str:
+    for candidate in (os.environ.get("HELM"), shutil.which("helm"), str(REPO / ".tools" / "helm")):
+        if candidate and Path(candidate).is_file():
+            return candidate
+    if os.environ.get("CI"):
+        pytest.fail("helm is not installed (scripts/setup puts it in .tools/helm)")
+    pytest.skip("helm is not installed (scripts/setup puts it in .tools/helm)")
+
+
+def helm(*args: str, tmp: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, **{k: str(tmp / "helm-home") for k in ("HELM_CACHE_HOME", "HELM_CONFIG_HOME",
+                                                                   "HELM_DATA_HOME")}}
+    return subprocess.run([helm_binary(), *args], capture_output=True, text=True, env=env)
+
+
+def render(tmp: Path, *values: str, sets: tuple[str, ...] = ()) -> list[dict]:
+    args = ["template", "rv", str(CHART)]
+    for v in values:
+        args += ["-f", v]
+    for s in sets:
+        args += ["--set", s]
+    done = helm(*args, tmp=tmp)
+    assert done.returncode == 0, done.stderr
+    return [d for d in yaml.safe_load_all(done.stdout) if d]
+
+
+def by_kind(docs: list[dict], kind: str) -> list[dict]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def rendered_config(docs: list[dict], tmp: Path):
+    config_map = next(d for d in by_kind(docs, "ConfigMap") if "targets.yaml" in d["data"])
+    path = tmp / "targets.yaml"
+    path.write_text(config_map["data"]["targets.yaml"])
+    return load_config(path, check_files=False)  # the daemon's own validation, minus the artifact files
+
+
+@pytest.mark.parametrize("values", [(), (str(EXAMPLE),)], ids=["defaults", "three-targets"])
+def test_lint_strict(tmp_path: Path, values: tuple[str, ...]) -> None:
+    args = ["lint", "--strict", str(CHART)] + [a for v in values for a in ("-f", v)]
+    done = helm(*args, tmp=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("values", [(), (str(EXAMPLE),)], ids=["defaults", "three-targets"])
+def test_core_objects_pass_kubernetes_validate_strict(tmp_path: Path, values: tuple[str, ...]) -> None:
+    docs = render(tmp_path, *values)
+    core = [d for d in docs if d["apiVersion"] in ("v1", "apps/v1", "networking.k8s.io/v1")]
+    assert {d["kind"] for d in core} == {"ConfigMap", "Service", "ServiceAccount", "StatefulSet", "NetworkPolicy"}
+    path = tmp_path / "core.yaml"
+    path.write_text(yaml.safe_dump_all(core))
+    validator = Path(sys.executable).parent / "kubernetes-validate"
+    done = subprocess.run([str(validator), "--strict", "-k", "1.31.0", str(path)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("passed") == len(core)
+
+
+@pytest.mark.parametrize("values", [(), (str(EXAMPLE),)], ids=["defaults", "three-targets"])
+def test_crd_objects_match_their_schemas(tmp_path: Path, values: tuple[str, ...]) -> None:
+    docs = render(tmp_path, *values)
+    for kind in ("RayCluster", "ServiceMonitor", "PrometheusRule"):
+        objects = by_kind(docs, kind)
+        assert len(objects) == 1, kind
+        schema = json.loads((CRDS / f"{kind.lower()}.schema.json").read_text())
+        jsonschema.validate(objects[0], schema)
+
+
+def test_targets_and_worker_groups_cannot_drift(tmp_path: Path) -> None:
+    docs = render(tmp_path, str(EXAMPLE))
+    config = rendered_config(docs, tmp_path).config
+    groups = by_kind(docs, "RayCluster")[0]["spec"]["workerGroupSpecs"]
+    from_groups = {g["groupName"]: set(json.loads(g["rayStartParams"]["resources"])) for g in groups}
+    from_config = {name: {t.where.resource} for name, t in config.targets.items()}
+    assert from_groups == from_config == {"h100": {"target:h100"}, "l4": {"target:l4"},
+                                          "cpu-avx512": {"target:cpu-avx512"}}
+    h100 = next(g for g in groups if g["groupName"] == "h100")
+    container = h100["template"]["spec"]["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1 and h100["rayStartParams"]["num-gpus"] == "1"
+    assert "gpu-worker" in container["image"]
+    assert h100["template"]["spec"]["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    cpu = next(g for g in groups if g["groupName"] == "cpu-avx512")
+    assert "nvidia.com/gpu" not in cpu["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert config.targets["l4"].options.onnxruntime.providers[0] == "TensorrtExecutionProvider"
+    assert config.ray.address == "rv-revalidator-ray-head-svc:6379"
+
+
+def test_alerts_and_dashboard_are_embedded_unchanged(tmp_path: Path) -> None:
+    assert (CHART / "files" / "revalidator.rules.yaml").read_bytes() == (REPO / "alerts" / "revalidator.rules.yaml"
+                                                                         ).read_bytes()
+    assert (CHART / "files" / "revalidator-dashboard.json").read_bytes() == \
+        (REPO / "dashboards" / "revalidator.json").read_bytes()
+    docs = render(tmp_path, sets=("prometheusRule.release=prom", "serviceMonitor.release=prom"))
+    rule = by_kind(docs, "PrometheusRule")[0]
+    assert rule["spec"] == yaml.safe_load((REPO / "alerts" / "revalidator.rules.yaml").read_text())
+    assert rule["metadata"]["labels"]["release"] == "prom"
+    assert by_kind(docs, "ServiceMonitor")[0]["metadata"]["labels"]["release"] == "prom"
+    dashboard = next(d for d in by_kind(docs, "ConfigMap") if "revalidator.json" in d["data"])
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(dashboard["data"]["revalidator.json"])["uid"] == "revalidator"
+
+
+def test_secure_defaults(tmp_path: Path) -> None:
+    docs = render(tmp_path)
+    pod = by_kind(docs, "StatefulSet")[0]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    security = container["securityContext"]
+    assert security["runAsNonRoot"] and security["readOnlyRootFilesystem"]
+    assert security["capabilities"] == {"drop": ["ALL"]} and security["seccompProfile"]["type"] == "RuntimeDefault"
+    assert not security["allowPrivilegeEscalation"] and pod["automountServiceAccountToken"] is False
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    config = rendered_config(docs, tmp_path).config
+    assert pod["terminationGracePeriodSeconds"] > config.daemon.drain_seconds
+    assert by_kind(docs, "StatefulSet")[0]["spec"]["replicas"] == 1
+    assert not by_kind(docs, "Role") and not by_kind(docs, "RoleBinding")
+    for group in by_kind(docs, "RayCluster")[0]["spec"]["workerGroupSpecs"]:
+        assert group["template"]["spec"]["containers"][0]["securityContext"]["runAsNonRoot"]
+
+
+def test_existing_ray_cluster_and_external_ledger(tmp_path: Path) -> None:
+    docs = render(tmp_path, sets=("ray.create=false", "ray.address=ray-head.ray:6379",
+                                  "ledger.existingSecret=ledger-db"))
+    assert not by_kind(docs, "RayCluster")
+    assert rendered_config(docs, tmp_path).config.ray.address == "ray-head.ray:6379"
+    env = by_kind(docs, "StatefulSet")[0]["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "REVALIDATOR_LEDGER_URL",
+            "valueFrom": {"secretKeyRef": {"name": "ledger-db", "key": "url"}}} in env
+
+
+@pytest.mark.parametrize("sets,message", [
+    (("daemon.port=80",), "daemon.port: Must be greater than or equal to 1024"),
+    (("targets[0].name=GPU_A", "targets[0].runners={onnxruntime}", "targets[0].gpus=0", "targets[0].replicas=1",
+      "targets[0].minReplicas=0", "targets[0].maxReplicas=1", "targets[0].resources.limits.cpu=1"),
+     "targets.0.name: Does not match pattern"),
+    (("targets[0].gpus=-1",), "targets.0.gpus: Must be greater than or equal to 0"),
+    (("ray.create=false",), "ray.address: Does not match pattern"),  # an existing cluster needs its address
+    (("serviceMonitor.interval=often",), "serviceMonitor.interval: Does not match pattern"),
+    (("colour=blue",), "Additional property colour is not allowed"),
+    (("ledger.size=lots",), "ledger.size: Does not match pattern"),
+])
+def test_bad_values_are_refused_with_a_clear_message(tmp_path: Path, sets: tuple[str, ...], message: str) -> None:
+    args = ["template", "rv", str(CHART)] + [a for s in sets for a in ("--set", s)]
+    done = helm(*args, tmp=tmp_path)
+    assert done.returncode != 0
+    assert message in done.stderr, done.stderr
