@@ -88,7 +88,10 @@ class DaemonProcess:
         self.listen = next(line.split('listen: "')[1].split('"')[0] for line in config.read_text().splitlines()
                            if "listen:" in line)
         self.log = config.parent / f"daemon-{time.time_ns()}.log"
-        env = {**os.environ, "RAY_ADDRESS": ray_address, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env.pop("RAY_ADDRESS", None)
+        if ray_address:
+            env["RAY_ADDRESS"] = ray_address
         with open(self.log, "w") as out:
             self.proc = subprocess.Popen([sys.executable, "-m", "scheduler.cli", "daemon", "-c", str(config)],
                                          cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)

@@ -1,0 +1,68 @@
+"""Ray as the chart's pods run it: `ray start --head` and two `ray start` workers, each worker
+offering one target's resource, as separate processes on 127.0.0.1; the daemon connects by address
+and validates on both targets."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests.scheduler.daemon_support import DaemonProcess, cluster_config, free_port, runs, wait_for
+
+pytestmark = pytest.mark.ray
+
+
+def ray_start(*args: str, log: Path) -> subprocess.Popen:
+    """`ray start --block`: the process owns its Ray daemons and stops them when terminated."""
+    ray = Path(sys.executable).parent / "ray"
+    env = dict(os.environ)
+    env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)  # set to 0, `ray start --address` refuses to join
+    with open(log, "w") as out:
+        return subprocess.Popen([str(ray), "start", "--block", "--disable-usage-stats", "--node-ip-address=127.0.0.1",
+                                 "--object-store-memory=100000000", *args], stdout=out, stderr=subprocess.STDOUT,
+                                env=env)
+
+
+def test_daemon_validates_on_two_targets_of_a_ray_start_cluster(tmp_path: Path, demo_dir: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    # One token for every node and the daemon, as the chart's pods would get it from a Secret.
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    nodes = [ray_start("--head", f"--port={port}", "--num-cpus=0", "--include-dashboard=false",
+                       log=tmp_path / "head.log")]
+    daemon = None
+    try:
+        def started(log: Path) -> bool:
+            return log.exists() and "Ray runtime started" in log.read_text()
+
+        wait_for(lambda: started(tmp_path / "head.log"), 60, "the head node")
+        for name in ("cpu-a", "cpu-b"):
+            nodes.append(ray_start(f"--address={address}", "--num-cpus=1", f'--resources={{"target:{name}": 1}}',
+                                   log=tmp_path / f"{name}.log"))
+        wait_for(lambda: all(started(tmp_path / f"{n}.log") for n in ("cpu-a", "cpu-b")), 60, "both workers")
+        config = cluster_config(tmp_path, demo_dir, {"a": "target:cpu-a", "b": "target:cpu-b"})
+        config.write_text(config.read_text().replace("ray: {", f'ray: {{address: "{address}", '))
+        daemon = DaemonProcess(config, ray_address="")
+        daemon.wait_ready(timeout=90)
+        wait_for(lambda: len([r for r in runs(config) if r["status"] == "finished"]) == 4, 120, "both targets")
+        assert Counter(r["target"] for r in runs(config)) == {"a": 2, "b": 2}
+        started = [line for line in daemon.logs() if line["msg"] == "daemon started"][0]
+        assert started["targets"] == ["a", "b"]
+        assert daemon.terminate(timeout=30)[0] == 0
+    finally:
+        if daemon is not None:
+            daemon.close()
+        for node in reversed(nodes):
+            node.terminate()
+            try:
+                node.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                node.kill()
