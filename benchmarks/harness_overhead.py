@@ -124,7 +124,7 @@ def ray_startup() -> float:
 
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     started = time.perf_counter()
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
     elapsed = time.perf_counter() - started
     ray.shutdown()
     return elapsed

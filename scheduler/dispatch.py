@@ -126,8 +126,8 @@ class RayDispatcher:
                 if self.address:
                     check_reachable(self.address)
                     ray.init(address=self.address, **kwargs)
-                else:
-                    ray.init(num_cpus=self.loaded.config.ray.num_cpus, **kwargs)
+                else:  # "local": a new instance, never whatever cluster this machine started last
+                    ray.init(address="local", num_cpus=self.loaded.config.ray.num_cpus, **kwargs)
                 self._started_ray = True
         except InfrastructureError:
             raise

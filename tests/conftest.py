@@ -27,7 +27,7 @@ def ray_local():
     """One real local Ray for the session; dispatchers reuse it instead of starting their own."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
 

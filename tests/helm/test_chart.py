@@ -141,6 +141,15 @@ def test_secure_defaults(tmp_path: Path) -> None:
         assert group["template"]["spec"]["containers"][0]["securityContext"]["runAsNonRoot"]
 
 
+def test_ray_auth_token_reaches_the_daemon_and_every_node(tmp_path: Path) -> None:
+    docs = render(tmp_path, str(EXAMPLE), sets=("ray.authTokenSecret=ray-token",))
+    token = {"name": "RAY_AUTH_TOKEN", "valueFrom": {"secretKeyRef": {"name": "ray-token", "key": "token"}}}
+    ray = by_kind(docs, "RayCluster")[0]["spec"]
+    pods = [by_kind(docs, "StatefulSet")[0]["spec"]["template"]["spec"], ray["headGroupSpec"]["template"]["spec"]]
+    pods += [g["template"]["spec"] for g in ray["workerGroupSpecs"]]
+    assert len(pods) == 5 and all(token in pod["containers"][0]["env"] for pod in pods)
+
+
 def test_existing_ray_cluster_and_external_ledger(tmp_path: Path) -> None:
     docs = render(tmp_path, sets=("ray.create=false", "ray.address=ray-head.ray:6379",
                                   "ledger.existingSecret=ledger-db"))

@@ -44,3 +44,16 @@ capabilities:
 seccompProfile:
   type: RuntimeDefault
 {{- end -}}
+
+{{/* Ray's auth token from a Secret, for the daemon and every Ray node. */}}
+{{- define "revalidator.rayAuthEnv" -}}
+{{- if .Values.ray.authTokenSecret }}
+- name: RAY_AUTH_MODE
+  value: token
+- name: RAY_AUTH_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.ray.authTokenSecret }}
+      key: token
+{{- end }}
+{{- end -}}
