@@ -8,10 +8,8 @@ the job's error, classified as bad input or internal.
 
 from __future__ import annotations
 
-import hashlib
 import time
 import traceback
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,29 +19,9 @@ from runners.checks import NEEDS_LABELS, judge
 from runners.contracts import (ERROR, FAIL, INSUFFICIENT, PASS, AGGREGATE_DIMENSION, ArtifactSpec,
                                CheckResult, JobResult, JobSpec, SuiteSpec, worst_verdict)
 from runners.data import DataError, EvalData, load_eval_data
+from runners.hashing import sha256_path
 from runners.metrics import row_metrics, slice_stats
 from runners.probes import probe_stack
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def sha256_path(path: str | Path) -> str | None:
-    """sha256 of a file, or of a directory's files in name order (calibration sets are often folders)."""
-    path = Path(path)
-    if path.is_file():
-        return sha256_file(path)
-    if path.is_dir():
-        digest = hashlib.sha256()
-        for child in sorted(p for p in path.rglob("*") if p.is_file()):
-            digest.update(str(child.relative_to(path)).encode() + sha256_file(child).encode())
-        return digest.hexdigest()
-    return None
 
 
 def run_model(artifact: ArtifactSpec, options: dict[str, Any], data: EvalData, batch_size: int) -> np.ndarray:

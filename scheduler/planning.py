@@ -16,10 +16,10 @@ import json
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from runners.contracts import ArtifactSpec, CheckSpec, JobSpec, SuiteSpec
+from runners.hashing import sha256_path
 from scheduler.config import LoadedConfig
 from scheduler.config.schema import Suite, Target
 from scheduler.events import ConfigChanged, Event, Manual, Plan, Scheduled, StackChanged
@@ -49,16 +49,9 @@ class FileHasher:
         cached = self._cache.get(path)
         if cached and cached[0] == stamp:
             return cached[1]
-        digest = hashlib.sha256()
-        if Path(path).is_dir():
-            for child in sorted(p for p in Path(path).rglob("*") if p.is_file()):
-                digest.update(str(child.relative_to(path)).encode() + self(str(child)).encode())
-        else:
-            with open(path, "rb") as handle:
-                for chunk in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(chunk)
-        self._cache[path] = (stamp, digest.hexdigest())
-        return digest.hexdigest()
+        digest = sha256_path(path) or "missing"
+        self._cache[path] = (stamp, digest)
+        return digest
 
 
 def suite_spec(loaded: LoadedConfig, name: str, suite: Suite) -> SuiteSpec:

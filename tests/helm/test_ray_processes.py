@@ -49,13 +49,15 @@ def test_daemon_validates_on_two_targets_of_a_ray_start_cluster(tmp_path: Path, 
                                    log=tmp_path / f"{name}.log"))
         wait_for(lambda: all(started(tmp_path / f"{n}.log") for n in ("cpu-a", "cpu-b")), 60, "both workers")
         config = cluster_config(tmp_path, demo_dir, {"a": "target:cpu-a", "b": "target:cpu-b"})
-        config.write_text(config.read_text().replace("ray: {", f'ray: {{address: "{address}", '))
+        # workers may register their resources a little after they report started: no tight deadline here
+        config.write_text(config.read_text().replace("ray: {", f'ray: {{address: "{address}", ')
+                          .replace("unschedulable_after_seconds: 6", "unschedulable_after_seconds: 120"))
         daemon = DaemonProcess(config, ray_address="")
         daemon.wait_ready(timeout=90)
         wait_for(lambda: len([r for r in runs(config) if r["status"] == "finished"]) == 4, 120, "both targets")
         assert Counter(r["target"] for r in runs(config)) == {"a": 2, "b": 2}
-        started = [line for line in daemon.logs() if line["msg"] == "daemon started"][0]
-        assert started["targets"] == ["a", "b"]
+        startup = [line for line in daemon.logs() if line["msg"] == "daemon started"][0]
+        assert startup["targets"] == ["a", "b"]
         assert daemon.terminate(timeout=30)[0] == 0
     finally:
         if daemon is not None:

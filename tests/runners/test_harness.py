@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from runners.contracts import ArtifactSpec, CheckSpec, JobSpec, SuiteSpec
-from runners.data import DataError, load_eval_data
+from runners.data import load_eval_data
 from runners.harness import candidate_verdict, judge_outputs, run_job, run_model
 
 CHECKS = (CheckSpec("max_drop", 0.03), CheckSpec("min_agreement", 0.95))

@@ -7,8 +7,6 @@ firmware file probe, so a stack change on one target is a file written by the te
 from __future__ import annotations
 
 import datetime as dt
-import os
-import signal
 import time
 from collections import Counter
 from pathlib import Path
