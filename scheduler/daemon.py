@@ -79,6 +79,8 @@ class Daemon:
             self.events.put(Scheduled(due=due.timestamp(), kind="catch-up"))
         self.scheduler = build_scheduler(cfg.schedule, self.poll_quietly, self.nightly, self._missed)
         self.scheduler.start()
+        # Render the per-slice metrics once now, so that the first scrape is as quick as the later ones.
+        threading.Thread(target=self.exporter.render, name="metrics-warmup", daemon=True).start()
         self.ready = True
 
     # -- watchers ------------------------------------------------------------------------------

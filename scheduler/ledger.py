@@ -117,12 +117,13 @@ target_status = sa.Table(
 
 
 def _v1(conn: Connection) -> None:
+    """The first schema: runs without the v2 queue columns, results, provenance."""
     v1 = sa.MetaData()
-    for table in (runs, results, provenance):
-        columns = [c.copy() for c in table.columns if c.name not in _V2_RUN_COLUMNS]
-        sa.Table(table.name, v1, *columns)
-    sa.Index("ix_runs_gate", v1.tables["runs"].c.target, v1.tables["runs"].c.model, v1.tables["runs"].c.candidate,
-             v1.tables["runs"].c.finished_at)
+    sa.Table("runs", v1, *[sa.Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable, index=c.index)
+                           for c in runs.columns if c.name not in _V2_RUN_COLUMNS],
+             sa.Index("ix_runs_gate", "target", "model", "candidate", "finished_at"))
+    results.to_metadata(v1)
+    provenance.to_metadata(v1)
     v1.create_all(conn)
 
 
