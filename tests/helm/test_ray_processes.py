@@ -18,6 +18,14 @@ from tests.scheduler.daemon_support import DaemonProcess, cluster_config, free_p
 pytestmark = pytest.mark.ray
 
 
+def own_ports(worker_range: range) -> list[str]:
+    """Ports of one node's own services: several nodes on one host must not share the defaults."""
+    flags = ["node-manager-port", "object-manager-port", "metrics-export-port", "dashboard-agent-listen-port",
+             "dashboard-agent-grpc-port", "runtime-env-agent-port"]
+    return [f"--{flag}={free_port()}" for flag in flags] + [
+        f"--min-worker-port={worker_range.start}", f"--max-worker-port={worker_range.stop}"]
+
+
 def ray_start(*args: str, log: Path) -> subprocess.Popen:
     """`ray start --block`: the process owns its Ray daemons and stops them when terminated."""
     ray = Path(sys.executable).parent / "ray"
@@ -37,6 +45,7 @@ def test_daemon_validates_on_two_targets_of_a_ray_start_cluster(tmp_path: Path, 
     port = free_port()
     address = f"127.0.0.1:{port}"
     nodes = [ray_start("--head", f"--port={port}", "--num-cpus=0", "--include-dashboard=false",
+                       *own_ports(range(12000, 12999)),
                        log=tmp_path / "head.log")]
     daemon = None
     try:
@@ -44,10 +53,11 @@ def test_daemon_validates_on_two_targets_of_a_ray_start_cluster(tmp_path: Path, 
             return log.exists() and "Ray runtime started" in log.read_text()
 
         wait_for(lambda: started(tmp_path / "head.log"), 60, "the head node")
-        for name in ("cpu-a", "cpu-b"):
+        for name, workers in (("cpu-a", range(13000, 13999)), ("cpu-b", range(14000, 14999))):
+            # one after the other: two raylets starting at once on one host can race for a port
             nodes.append(ray_start(f"--address={address}", "--num-cpus=1", f'--resources={{"target:{name}": 1}}',
-                                   log=tmp_path / f"{name}.log"))
-        wait_for(lambda: all(started(tmp_path / f"{n}.log") for n in ("cpu-a", "cpu-b")), 60, "both workers")
+                                   *own_ports(workers), log=tmp_path / f"{name}.log"))
+            wait_for(lambda: started(tmp_path / f"{name}.log"), 60, f"worker {name}")
         config = cluster_config(tmp_path, demo_dir, {"a": "target:cpu-a", "b": "target:cpu-b"})
         # workers may register their resources a little after they report started: no tight deadline here
         config.write_text(config.read_text().replace("ray: {", f'ray: {{address: "{address}", ')
