@@ -8,6 +8,7 @@ types and labels.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -61,19 +62,22 @@ class LedgerCollector:
     def __init__(self, ledger: Ledger, snapshot: Callable[[], Snapshot]) -> None:
         self.ledger = ledger
         self.snapshot = snapshot
+        # (by_key, by_tuple) already read for this scrape by the Exporter; None: read it here
+        self.prefetched: tuple[dict, dict] | None = None
+        self.read_errors = 0  # failed ledger reads during scrapes
 
     def collect(self) -> Iterator[Metric]:
         snap = self.snapshot()
         try:
             yield from self._collect(snap)
         except Exception:  # the scrape still answers with what the daemon itself knows
-            snap.ledger_errors += 1
+            self.read_errors += 1
             log.exception("ledger read failed during a scrape")
         yield from self._daemon(snap)
 
     def _collect(self, snap: Snapshot) -> Iterator[Metric]:
         ledger = self.ledger
-        by_key, by_tuple = ledger.latest_finished()
+        by_key, by_tuple = self.prefetched or ledger.latest_finished()
         runs = current_runs(snap.keys, by_key, by_tuple)
         failing = [run["run_id"] for run, _ in runs.values() if run["verdict"] == "fail"]
         gates = decide(snap.loaded, snap.keys, by_key, by_tuple, ledger.last_success(),
@@ -178,7 +182,7 @@ class LedgerCollector:
         build = GaugeMetricFamily("revalidator_build_info", "The running revalidator.", labels=["version"])
         build.add_metric([__version__], 1.0)
         errors = CounterMetricFamily("revalidator_ledger_errors", "Ledger reads or writes that failed.",
-                                     value=snap.ledger_errors)
+                                     value=snap.ledger_errors + self.read_errors)
         poll = GaugeMetricFamily("revalidator_last_poll_timestamp_seconds", "When the daemon last polled every target.")
         if snap.last_poll_at:
             poll.add_metric([], snap.last_poll_at)
@@ -261,20 +265,27 @@ class Exporter:
         self.ledger = ledger
         self.snapshot = snapshot
         self.checks = CheckSeries()
+        self.collector = LedgerCollector(ledger, snapshot)
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(LedgerCollector(ledger, snapshot))
+        self.registry.register(self.collector)
+        self._lock = threading.Lock()  # concurrent scrapes share the render cache
 
     def render(self) -> bytes:
         snap = self.snapshot()
-        try:
-            by_key, by_tuple = self.ledger.latest_finished()
-            runs = current_runs(snap.keys, by_key, by_tuple)
-            checks = self.checks.render(self.ledger, runs, snap.loaded.config.metrics.max_slices_per_run)
-        except Exception:  # the scrape still answers with the other families
-            snap.ledger_errors += 1
-            log.exception("ledger read failed during a scrape")
-            checks = ""
-        return checks.encode() + generate_latest(self.registry)
+        with self._lock:
+            try:
+                latest = self.ledger.latest_finished()
+                runs = current_runs(snap.keys, *latest)
+                checks = self.checks.render(self.ledger, runs, snap.loaded.config.metrics.max_slices_per_run)
+            except Exception:  # the scrape still answers with the other families
+                self.collector.read_errors += 1
+                log.exception("ledger read failed during a scrape")
+                latest, checks = None, ""
+            self.collector.prefetched = latest
+            try:
+                return checks.encode() + generate_latest(self.registry)
+            finally:
+                self.collector.prefetched = None
 
 
 def _within_budget(rows: list[tuple], limit: int) -> list[tuple]:

@@ -16,7 +16,7 @@ import json
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterator
 
 from runners.contracts import ArtifactSpec, CheckSpec, JobSpec, SuiteSpec
 from runners.hashing import sha256_path
@@ -214,7 +214,3 @@ def plan(loaded: LoadedConfig, target: str | None = None, model: str | None = No
          trigger: str = "manual") -> list[JobSpec]:
     """Every applicable job now (the one-shot `validate`): no dedupe, the stack is probed by each job."""
     return Planner(loaded).jobs(trigger, target=target, model=model)
-
-
-def targets_of(jobs: Iterable[JobSpec]) -> set[str]:
-    return {j.target for j in jobs}

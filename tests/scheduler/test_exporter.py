@@ -12,13 +12,12 @@ from pathlib import Path
 import pytest
 
 from runners.contracts import CheckResult, JobResult
-from scheduler.config import load_config
 from scheduler.exporter import Exporter, Snapshot, compute_gates
 from scheduler.gates import current_keys
 from scheduler.ledger import Ledger
 from scheduler.planning import Planner
 from tests.conftest import REPO
-from tests.scheduler.test_planning import CONFIG, STACK
+from tests.scheduler.test_planning import STACK, two_target_config
 
 GOLDEN = REPO / "tests" / "fixtures" / "exposition.golden"
 
@@ -36,11 +35,7 @@ def result(spec, verdict: str) -> JobResult:
 
 @pytest.fixture
 def world(tmp_path: Path):
-    for name in ("base.onnx", "ort.onnx", "pt.ts", "eval.npz"):
-        (tmp_path / name).write_bytes(name.encode())
-    path = tmp_path / "targets.yaml"
-    path.write_text(CONFIG.format(d=tmp_path))
-    loaded = load_config(path)
+    loaded = two_target_config(tmp_path)
     ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
     for target in ("cpu", "gpu"):
         ledger.record_fingerprint(target, {"hash": f"{target}-1", "components": dict(STACK),
@@ -164,3 +159,14 @@ def test_promtool_check_metrics(world) -> None:
     done = subprocess.run([promtool, "check", "metrics"], input=Exporter(ledger, lambda: snapshot).render(),
                           capture_output=True)
     assert done.returncode == 0 and not done.stdout.strip() and not done.stderr.strip(), done.stdout + done.stderr
+
+
+def test_a_broken_ledger_is_counted_and_the_scrape_still_answers(world, tmp_path: Path) -> None:
+    _, ledger, snapshot = world
+    exporter = Exporter(ledger, lambda: snapshot)
+    with ledger.engine.begin() as conn:
+        conn.exec_driver_sql("DROP TABLE results")
+    text = exporter.render().decode()
+    values = samples(text)
+    assert values["revalidator_ledger_errors_total"] >= 1
+    assert "revalidator_build_info" in "".join(values)

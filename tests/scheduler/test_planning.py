@@ -36,13 +36,18 @@ suites:
 STACK = {"kernel": "6.1", "onnxruntime": "1.20", "torch": "2.5", "nvidia_driver": "550", "gpu0": "H100 cc9.0"}
 
 
-@pytest.fixture
-def setup(tmp_path: Path):
+def two_target_config(tmp_path: Path):
+    """CONFIG with its (tiny) artifact files written into tmp_path, loaded."""
     for name in ("base.onnx", "ort.onnx", "pt.ts", "eval.npz"):
         (tmp_path / name).write_bytes(name.encode())
     path = tmp_path / "targets.yaml"
     path.write_text(CONFIG.format(d=tmp_path))
-    loaded = load_config(path)
+    return load_config(path)
+
+
+@pytest.fixture
+def setup(tmp_path: Path):
+    loaded = two_target_config(tmp_path)
     fingerprints = {t: {"components": dict(STACK)} for t in ("cpu", "gpu")}
     return tmp_path, loaded, fingerprints
 
