@@ -47,6 +47,7 @@ class Daemon:
         self._poll_lock = threading.Lock()
         self.last_poll_at: float | None = None
         self.keys: CurrentKeys = {}
+        self._keys_from: dict[str, str] = {}  # target -> the stack hash the keys were computed from
         self.missed_schedules = 0
         self.ledger_errors = 0
 
@@ -89,8 +90,9 @@ class Daemon:
         if not self._poll_lock.acquire(blocking=False):
             return
         try:
-            self._check_config()
+            stale = self._check_config() or not self.keys  # whether the current job keys need recomputing
             if self.planner.refresh():
+                stale = True
                 log.info("artifacts or data changed", extra={"fields": {"config": str(self.loaded.path)}})
                 self.events.put(ConfigChanged(reason="an artifact, data or calibration file changed"))
             cfg = self.loaded.config
@@ -101,10 +103,13 @@ class Daemon:
                     log.warning("target unreachable", extra={"fields": {"target": target, "detail": stack}})
                     continue
                 diff = self.ledger.record_fingerprint(target, stack)
+                if self._keys_from.get(target) != stack["hash"]:  # a change, or a first look at a target
+                    stale = True
                 if diff:
                     log.info("stack changed", extra={"fields": {"target": target, "diff": diff}})
                     self.events.put(StackChanged(target, diff))
-            self.refresh_keys()
+            if stale:  # planning every job on every poll would cost seconds on a large matrix
+                self.refresh_keys()
             self.last_poll_at = time.time()
         finally:
             self._poll_lock.release()
@@ -117,8 +122,9 @@ class Daemon:
 
     def refresh_keys(self) -> None:
         """The job key of every piece of work on the current stacks: what the gates compare against."""
-        jobs = self.planner.jobs("current", self.ledger.latest_fingerprints())
-        self.keys = current_keys(jobs)
+        fingerprints = self.ledger.latest_fingerprints()
+        self.keys = current_keys(self.planner.jobs("current", fingerprints))
+        self._keys_from = {target: fp["hash"] for target, fp in fingerprints.items()}
 
     def _missed(self) -> None:
         self.missed_schedules += 1
@@ -139,23 +145,25 @@ class Daemon:
         except OSError:
             return None
 
-    def _check_config(self) -> None:
-        """Reload a changed config; a broken one is reported and the running one kept."""
+    def _check_config(self) -> bool:
+        """Reload a changed config (True if it was); a broken one is reported and the running one kept."""
         stamp = self._stamp()
         if stamp == self._config_stamp:
-            return
+            return False
         self._config_stamp = stamp
         try:
             loaded = load_config(self.loaded.path)
         except ConfigError as exc:
             log.error("config change rejected; keeping the running config", extra={"fields": {"errors": exc.errors}})
-            return
+            return False
         if loaded.hash != self.loaded.hash:
             self.loaded = loaded
             self.dispatcher.loaded = loaded
             self.planner = Planner(loaded, self.planner.hasher)
             log.info("config reloaded", extra={"fields": {"hash": loaded.hash}})
             self.events.put(ConfigChanged())
+            return True
+        return False
 
     # -- main loop ----------------------------------------------------------------------------
     def handle(self, event: Event) -> int:
