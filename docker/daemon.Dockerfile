@@ -1,8 +1,13 @@
 # The revalidator daemon (and CPU Ray nodes): a slim, non-root image.
 # Build from the repository root: docker build -f docker/daemon.Dockerfile -t revalidator .
 FROM python:3.11-slim AS build
+# A C compiler for the fused comparison kernel (runners/_rowmetrics.c); only the build stage has it.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY scheduler ./scheduler
 COPY runners ./runners
 RUN python -m venv /opt/revalidator \

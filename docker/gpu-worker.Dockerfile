@@ -4,10 +4,10 @@ FROM nvidia/cuda:12.6.3-cudnn-runtime-ubuntu22.04 AS build
 # Ubuntu's python3.11 is left unpinned on purpose: it follows the base image's security updates.
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3.11 python3.11-venv \
+ && apt-get install -y --no-install-recommends python3.11 python3.11-venv python3.11-dev gcc libc6-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY scheduler ./scheduler
 COPY runners ./runners
 RUN python3.11 -m venv /opt/revalidator \

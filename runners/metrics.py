@@ -8,6 +8,7 @@ matrix product with an indicator matrix built once per dataset.
 
 from __future__ import annotations
 
+import ctypes
 from dataclasses import dataclass
 
 import numpy as np
@@ -122,9 +123,52 @@ def _chunk(b: np.ndarray, c: np.ndarray, labels: np.ndarray | None, table: np.nd
         table[6], table[7] = right_b & ~right_c, ~right_b & right_c
 
 
+def _load_kernel() -> ctypes.CDLL | None:
+    """The fused C kernel built at install (runners/_rowmetrics.c), or None where it was not built."""
+    try:
+        from runners import _rowmetrics
+    except ImportError:
+        return None
+    library = ctypes.CDLL(_rowmetrics.__file__)
+    pointer = ctypes.c_void_p
+    library.revalidator_row_metrics.argtypes = [pointer, pointer, ctypes.c_int64, ctypes.c_int64, pointer,
+                                                pointer, pointer]
+    library.revalidator_row_metrics.restype = None
+    library.revalidator_all_finite.argtypes = [pointer, ctypes.c_int64]
+    library.revalidator_all_finite.restype = ctypes.c_int
+    return library
+
+
+_KERNEL = _load_kernel()
+
+
+def kernel_available() -> bool:
+    return _KERNEL is not None
+
+
+def _fused(b: np.ndarray, c: np.ndarray, labels: np.ndarray | None, table: np.ndarray,
+           max_abs: np.ndarray) -> bool:
+    """Run the compiled kernel when it exists and the outputs are finite (it is built with
+    -ffast-math, so non-finite values take the numpy path); False when it did not run."""
+    if _KERNEL is None:
+        return False
+    b, c = np.ascontiguousarray(b), np.ascontiguousarray(c)
+    if not (_KERNEL.revalidator_all_finite(b.ctypes.data, b.size)
+            and _KERNEL.revalidator_all_finite(c.ctypes.data, c.size)):
+        return False
+    label_pointer = None
+    if labels is not None:
+        labels = np.ascontiguousarray(labels, dtype=np.int64)
+        label_pointer = labels.ctypes.data
+    _KERNEL.revalidator_row_metrics(b.ctypes.data, c.ctypes.data, b.shape[0], b.shape[1], label_pointer,
+                                    table.ctypes.data, max_abs.ctypes.data)
+    return True
+
+
 def row_metrics(baseline: np.ndarray, candidate: np.ndarray, labels: np.ndarray | None,
-                output_kind: str = "logits") -> RowMetrics:
-    """Compare class-major (classes, rows) outputs row by row, in cache-sized blocks."""
+                output_kind: str = "logits", fused: bool = True) -> RowMetrics:
+    """Compare class-major (classes, rows) outputs row by row: in one pass of the compiled
+    kernel where it is built and the outputs are finite, else in cache-sized numpy blocks."""
     if baseline.shape != candidate.shape:
         raise ValueError(f"output shapes differ: baseline {baseline.shape}, candidate {candidate.shape}")
     b = baseline.astype(np.float32, copy=False)
@@ -134,6 +178,8 @@ def row_metrics(baseline: np.ndarray, candidate: np.ndarray, labels: np.ndarray 
     rows = b.shape[1]
     table = np.zeros((len(QUANTITIES), rows), dtype=np.float32)
     max_abs = np.empty(rows, dtype=np.float32)
+    if fused and _fused(b, c, labels, table, max_abs):
+        return RowMetrics(table=table, max_abs=max_abs, labelled=labels is not None)
     step = max(1024, _BLOCK_VALUES // max(len(b), 1))
     blocks = [slice(lo, min(lo + step, rows)) for lo in range(0, rows, step)]
 

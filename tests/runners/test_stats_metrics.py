@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as sp
 
-from runners.metrics import build_slice_index, row_metrics, slice_stats
+from runners.metrics import build_slice_index, kernel_available, row_metrics, slice_stats
 from runners.stats import mcnemar_p, wilson_interval
 
 
@@ -80,3 +80,35 @@ def test_slice_sums_match_a_per_row_loop(many_values: bool) -> None:
 def test_shape_mismatch_is_an_error() -> None:
     with pytest.raises(ValueError, match="output shapes differ"):
         row_metrics(np.zeros((3, 2)), np.zeros((3, 4)), None)
+
+
+def _outputs_with_hard_cases(rows: int, classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(3)
+    b = (rng.normal(size=(classes, rows)) * 30).astype(np.float32)  # softmax terms far below expf's range
+    c = (b + rng.normal(scale=0.5, size=b.shape)).astype(np.float32)
+    c[:, :50] = b[:, :50]  # identical rows
+    b[1, 50:60] = b[3, 50:60] = 1e3  # ties at the top: the first index wins, as numpy's argmax
+    c[:, 60:70] = 0.0  # a zero vector: cosine is defined as 1
+    return b, c, rng.integers(0, classes, rows)
+
+
+@pytest.mark.skipif(not kernel_available(), reason="the compiled kernel was not built on this machine")
+@pytest.mark.parametrize("labelled", [True, False])
+def test_compiled_kernel_matches_the_numpy_path(labelled: bool) -> None:
+    b, c, labels = _outputs_with_hard_cases(rows=5003, classes=7)  # not a multiple of the kernel's block
+    labels = labels if labelled else None
+    fused, plain = row_metrics(b, c, labels), row_metrics(b, c, labels, fused=False)
+    np.testing.assert_array_equal(fused.table[0], plain.table[0])  # agreement, exactly
+    np.testing.assert_array_equal(fused.table[4:], plain.table[4:])  # correctness counts, exactly
+    np.testing.assert_allclose(fused.table[1:4], plain.table[1:4], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(fused.max_abs, plain.max_abs, rtol=1e-6)
+
+
+def test_non_finite_outputs_are_compared_not_hidden() -> None:
+    b, c, labels = _outputs_with_hard_cases(rows=300, classes=4)
+    c[1, 7] = np.nan
+    c[0, 8] = np.inf
+    rm = row_metrics(b, c, labels)  # the kernel assumes finite values: these take the numpy path
+    assert np.isnan(rm.column("kl")[7]) and np.isnan(rm.max_abs[7])
+    assert np.isinf(rm.max_abs[8])
+    np.testing.assert_array_equal(rm.table[:, 100:], row_metrics(b, c, labels, fused=False).table[:, 100:])
