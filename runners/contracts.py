@@ -53,6 +53,7 @@ class SuiteSpec:
     confidence: float = 0.95
     insufficient_blocks_gate: bool = False
     output_kind: str = "logits"  # or "probabilities"
+    generation: dict[str, Any] | None = None  # task "generation": tokenizer, context, max_new_tokens, ...
 
     def checks_for(self, dimension: str) -> tuple[CheckSpec, ...]:
         if dimension == AGGREGATE_DIMENSION or self.slice_checks is None:

@@ -1,4 +1,5 @@
-"""Build the bundled demo: a digits classifier, its fp32 artifacts and quantized candidates.
+"""Build the bundled demo: a digits classifier, its fp32 artifacts and quantized candidates,
+and a tiny generative model with its own (runners/demo_text.py).
 
 Everything comes from scikit-learn's bundled digits data; nothing is downloaded.
 
@@ -198,7 +199,9 @@ def build(out: Path) -> dict[str, str]:
     save_torchscript(net, paths["digits-fp32.ts"])
     int8 = torch.ao.quantization.quantize_dynamic(net, {torch.nn.Linear}, dtype=torch.qint8)
     save_torchscript(int8, paths["digits-int8-dynamic.ts"])
-    return {k: str(v) for k, v in paths.items()}
+    from runners import demo_text
+
+    return {**{k: str(v) for k, v in paths.items()}, **demo_text.build(out)}
 
 
 def main(argv: list[str] | None = None) -> int:

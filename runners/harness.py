@@ -19,6 +19,7 @@ from runners.checks import NEEDS_LABELS, judge
 from runners.contracts import (ERROR, FAIL, INSUFFICIENT, PASS, AGGREGATE_DIMENSION, ArtifactSpec,
                                CheckResult, JobResult, JobSpec, SuiteSpec, worst_verdict)
 from runners.data import DataError, EvalData, load_eval_data
+from runners.generative import GenerationSettings, generate, judge_generations, load_inputs
 from runners.hashing import sha256_path
 from runners.metrics import row_metrics, slice_stats
 from runners.probes import probe_stack
@@ -47,6 +48,15 @@ def judge_outputs(baseline: np.ndarray, candidate: np.ndarray, data: EvalData,
     return results
 
 
+def run_generation(spec: JobSpec) -> tuple[list[CheckResult], dict[str, Any]]:
+    """Both step models generate on the same prompts; the checks and the drift curves."""
+    settings = GenerationSettings.of(spec.suite)
+    inputs = load_inputs(spec.suite, settings)
+    generations = [generate(a, spec.runner_options.get(a.runner, {}), inputs, settings, spec.batch_size)
+                   for a in (spec.baseline, spec.candidate_artifact)]
+    return judge_generations(*generations, inputs, spec.suite, settings)
+
+
 def candidate_verdict(checks: list[CheckResult], suite: SuiteSpec) -> str:
     """Fail if any check fails anywhere. Insufficient slices are always reported; they block
     the gate only when the aggregate itself is insufficient or the suite says they must."""
@@ -73,12 +83,19 @@ def provenance(spec: JobSpec, fingerprint: dict[str, Any]) -> dict[str, Any]:
                   "task": spec.suite.task, "slices": list(spec.suite.slices),
                   "checks": {c.name: c.limit for c in spec.suite.checks},
                   "slice_checks": {c.name: c.limit for c in spec.suite.checks_for("slice")},
-                  "min_slice_size": spec.suite.min_slice_size, "confidence": spec.suite.confidence},
+                  "min_slice_size": spec.suite.min_slice_size, "confidence": spec.suite.confidence,
+                  **_generation_provenance(spec.suite)},
         "runner_options": spec.runner_options,
         "batch_size": spec.batch_size,
         "config_hash": spec.config_hash,
         "fingerprint": fingerprint,
     }
+
+
+def _generation_provenance(suite: SuiteSpec) -> dict[str, Any]:
+    if not suite.generation:
+        return {}
+    return {"generation": dict(suite.generation), "tokenizer_sha256": sha256_path(suite.generation["tokenizer"])}
 
 
 def run_job(spec: JobSpec) -> JobResult:
@@ -88,10 +105,13 @@ def run_job(spec: JobSpec) -> JobResult:
     try:
         fingerprint = probe_stack(custom=spec.probes)
         result.provenance = provenance(spec, fingerprint)
-        data = load_eval_data(spec.suite.data, spec.suite.slices)
-        outputs = [run_model(a, spec.runner_options.get(a.runner, {}), data, spec.batch_size)
-                   for a in (spec.baseline, spec.candidate_artifact)]  # one after the other: each gets every core
-        result.checks = judge_outputs(*outputs, data, spec.suite)
+        if spec.suite.task == "generation":
+            result.checks, result.provenance["drift"] = run_generation(spec)
+        else:
+            data = load_eval_data(spec.suite.data, spec.suite.slices)
+            outputs = [run_model(a, spec.runner_options.get(a.runner, {}), data, spec.batch_size)
+                       for a in (spec.baseline, spec.candidate_artifact)]  # one after the other: each gets every core
+            result.checks = judge_outputs(*outputs, data, spec.suite)
         result.verdict = candidate_verdict(result.checks, spec.suite)
         result.status = "finished"
     except (ArtifactError, DataError) as exc:

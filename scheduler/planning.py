@@ -64,7 +64,15 @@ def suite_spec(loaded: LoadedConfig, name: str, suite: Suite) -> SuiteSpec:
     return SuiteSpec(name=name, data=loaded.resolve(suite.data), task=suite.task, slices=tuple(suite.slices),
                      checks=specs(suite.checks), slice_checks=slice_checks, min_slice_size=suite.min_slice_size,
                      confidence=suite.confidence, insufficient_blocks_gate=suite.insufficient_blocks_gate,
-                     output_kind=suite.output)
+                     output_kind=suite.output, generation=_generation(loaded, suite))
+
+
+def _generation(loaded: LoadedConfig, suite: Suite) -> dict | None:
+    if suite.generation is None:
+        return None
+    settings = suite.generation.model_dump(exclude_none=True)
+    settings["tokenizer"] = loaded.resolve(suite.generation.tokenizer)
+    return settings
 
 
 @dataclass(frozen=True)
@@ -129,7 +137,8 @@ class Planner:
                     suite = suites[suite_name]
                     key = _digest(self.hasher(baseline.path), self.hasher(artifact.path), quantization,
                                   self.hasher(quantization["calibration_set"]) if "calibration_set" in quantization
-                                  else None, self.hasher(suite.data), suite)
+                                  else None, self.hasher(suite.data),
+                                  self.hasher(suite.generation["tokenizer"]) if suite.generation else None, suite)
                     items.append(_Work(model_name, cand_name, baseline, artifact, suite,
                                        frozenset({baseline.runner, artifact.runner}),
                                        tuple(m.targets) if m.targets is not None else None, key))

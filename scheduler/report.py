@@ -17,7 +17,14 @@ _DESCRIBE = {
     "max_drop": "accuracy drop", "max_relative_drop": "relative accuracy drop", "min_accuracy": "accuracy",
     "min_agreement": "top-1 agreement", "max_mean_kl": "mean KL", "max_abs_diff": "max |diff|",
     "max_mean_abs_diff": "mean |diff|", "min_cosine": "cosine similarity",
+    "max_refusal_rate_delta": "refusal rate change", "max_format_drop": "format compliance drop",
+    "max_exact_match_drop": "exact match drop", "min_token_agreement": "token agreement",
+    "max_mean_step_kl": "mean per-step KL",
 }
+# Checks on a rate whose tolerance bounds baseline minus candidate.
+_DROPS = ("max_drop", "max_format_drop", "max_exact_match_drop")
+_RATES = {"max_drop": "accuracy", "max_format_drop": "format compliance", "max_exact_match_drop": "exact match",
+          "max_refusal_rate_delta": "refusal rate"}
 
 
 def check_dict(c: CheckResult) -> dict[str, Any]:
@@ -32,7 +39,8 @@ def run_dict(record: RunRecord) -> dict[str, Any]:
             "candidate": spec.candidate, "suite": spec.suite.name, "trigger": spec.trigger,
             "status": result.status, "verdict": result.verdict, "error": result.error,
             "error_kind": result.error_kind, "started_at": result.started_at, "finished_at": result.finished_at,
-            "checks": [check_dict(c) for c in result.checks], "provenance": result.provenance}
+            "checks": [check_dict(c) for c in result.checks], "drift": result.provenance.get("drift"),
+            "provenance": result.provenance}
 
 
 def document(report: ValidationReport) -> dict[str, Any]:
@@ -42,8 +50,10 @@ def document(report: ValidationReport) -> dict[str, Any]:
 
 def _measured(c: CheckResult) -> float | None:
     """The quantity the tolerance applies to."""
-    if c.check == "max_drop":
+    if c.check in _DROPS:
         return None if c.delta is None else 0.0 - c.delta  # 0.0 - x keeps "no drop" as +0.0
+    if c.check == "max_refusal_rate_delta":
+        return None if c.delta is None else abs(c.delta)
     if c.check == "max_relative_drop":
         return c.statistic.get("relative_drop")
     return c.candidate
@@ -55,9 +65,12 @@ def explain_failure(c: CheckResult) -> str:
     value = _measured(c)
     relation = ">" if c.check.startswith("max_") else "<"
     text = f"{where}: {_DESCRIBE[c.check]} {value:.4f} {relation} tolerance {c.tolerance:g}"
-    if c.check in ("max_drop", "max_relative_drop"):
-        text += f" (accuracy {c.baseline:.3f} -> {c.candidate:.3f}"
+    if c.check in _RATES or c.check == "max_relative_drop":
+        text += f" ({_RATES.get(c.check, 'accuracy')} {c.baseline:.3f} -> {c.candidate:.3f}"
         text += f", McNemar p={c.statistic['mcnemar_p']:.2g})" if "mcnemar_p" in c.statistic else ")"
+    elif c.check == "min_token_agreement" and "first_divergence_p50" in c.statistic:
+        text += (f" (outputs identical to the baseline: {c.statistic['identical_outputs']:.0%}, median first "
+                 f"divergence at token {c.statistic['first_divergence_p50']:.0f})")
     elif "wilson_low" in c.statistic:
         text += f" ({c.statistic['wilson_low']:.3f}-{c.statistic['wilson_high']:.3f} interval)"
     return text + f", n={c.n}"
@@ -83,6 +96,22 @@ def _slice_table(checks: list[CheckResult]) -> list[str]:
     return lines
 
 
+def drift_table(drift: dict[str, Any]) -> list[str]:
+    """Token agreement with the baseline up to each position, per slice: the long-output drift curve."""
+    positions = drift["positions"]
+    labels = ["all" if d["dimension"] == AGGREGATE_DIMENSION else f"{d['dimension']}={d['value']}"
+              for d in drift["slices"]]
+    width = max(len(label) for label in labels) + 2
+    lines = ["    drift from the baseline (token agreement up to position; identical outputs; median first divergence)",
+             "    " + "slice".ljust(width) + "".join(f"{'@' + str(p):>8}" for p in positions)
+             + f"{'identical':>11}{'diverge@':>10}"]
+    for label, d in zip(labels, drift["slices"]):
+        first = d["first_divergence"]
+        lines.append("    " + label.ljust(width) + "".join(f"{a:>8.3f}" for a in d["agreement"])
+                     + f"{d['identical']:>11.0%}" + (f"{first['p50']:>10.0f}" if first else f"{'-':>10}"))
+    return lines
+
+
 def human(report: ValidationReport, verbose: bool = True) -> str:
     out: list[str] = []
     for record in report.records:
@@ -96,6 +125,8 @@ def human(report: ValidationReport, verbose: bool = True) -> str:
             continue
         if verbose:
             out += _slice_table(result.checks)
+            if result.provenance.get("drift"):
+                out += drift_table(result.provenance["drift"])
         failures = [c for c in result.checks if c.verdict == FAIL]
         for c in failures:
             out.append(f"    FAILED {c.check}: {explain_failure(c)}")

@@ -64,6 +64,10 @@ class Runner(ABC):
     def input_names(self) -> list[str]:
         return self._input_names()
 
+    def infer(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        """Run one batch (every input by name); the first output."""
+        return self._infer(batch)
+
     def infer_all(self, inputs: dict[str, np.ndarray], batch_size: int, class_major: bool = False) -> np.ndarray:
         """Run every row through the model in batches; returns the stacked first output.
 

@@ -148,6 +148,9 @@ def _cross_references(config: Config, lines: _Located, loaded: LoadedConfig) -> 
     for name, suite in config.suites.items():
         if not Path(loaded.resolve(suite.data)).is_file():
             problems.append((("suites", name, "data"), f"file not found: {loaded.resolve(suite.data)}"))
+        if suite.generation and not Path(loaded.resolve(suite.generation.tokenizer)).is_file():
+            problems.append((("suites", name, "generation", "tokenizer"),
+                             f"file not found: {loaded.resolve(suite.generation.tokenizer)}"))
     try:
         from apscheduler.triggers.cron import CronTrigger
 

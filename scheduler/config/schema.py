@@ -10,11 +10,16 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 RUNNERS = ("onnxruntime", "torch")
 # A custom backend given as "package.module:Class" (a runners.backends.base.Runner subclass).
 PLUGIN_RUNNER = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
-TASKS = ("classification",)
-CHECK_NAMES = ("max_drop", "max_relative_drop", "min_accuracy", "min_agreement",
-               "max_mean_kl", "max_abs_diff", "max_mean_abs_diff", "min_cosine")
+TASKS = ("classification", "generation")
+CLASSIFICATION_CHECKS = ("max_drop", "max_relative_drop", "min_accuracy", "min_agreement",
+                         "max_mean_kl", "max_abs_diff", "max_mean_abs_diff", "min_cosine")
+GENERATION_CHECKS = ("max_refusal_rate_delta", "max_format_drop", "max_exact_match_drop", "min_token_agreement",
+                     "max_mean_step_kl")
+CHECK_NAMES = CLASSIFICATION_CHECKS + GENERATION_CHECKS
+CHECKS_BY_TASK = {"classification": CLASSIFICATION_CHECKS, "generation": GENERATION_CHECKS}
 # Checks whose limit is a proportion in [0, 1]; the others are non-negative magnitudes.
-PROPORTION_CHECKS = ("max_drop", "max_relative_drop", "min_accuracy", "min_agreement", "min_cosine")
+PROPORTION_CHECKS = ("max_drop", "max_relative_drop", "min_accuracy", "min_agreement", "min_cosine",
+                     "max_refusal_rate_delta", "max_format_drop", "max_exact_match_drop", "min_token_agreement")
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 
 
@@ -127,6 +132,28 @@ class Model(Strict):
 Checks = dict[Literal[CHECK_NAMES], float]  # type: ignore[valid-type]
 
 
+class Generation(Strict):
+    """How a generative suite drives its step models: greedy, up to max_new_tokens."""
+
+    tokenizer: str = Field(min_length=1)  # a character vocabulary file: {"type": "characters", "tokens": [...]}
+    context: int = Field(ge=1, le=1_000_000)  # tokens the step model sees
+    max_new_tokens: int = Field(ge=1, le=100_000)
+    stop: str = Field(default="\n", min_length=1, max_length=1)
+    input: str | None = None  # the model input that takes the token window (default: its only input)
+    refusal_patterns: list[str] | None = Field(default=None, min_length=1)  # regexes; None: the default set
+    curve_positions: list[Annotated[int, Field(ge=1)]] | None = Field(default=None, min_length=1)
+
+    @field_validator("refusal_patterns")
+    @classmethod
+    def patterns_compile(cls, value: list[str] | None) -> list[str] | None:
+        for pattern in value or ():
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"refusal pattern {pattern!r} is not a valid regular expression ({exc})") from exc
+        return value
+
+
 class Suite(Strict):
     data: str = Field(min_length=1)
     task: Literal[TASKS]  # type: ignore[valid-type]
@@ -137,6 +164,19 @@ class Suite(Strict):
     confidence: float = Field(default=0.95, gt=0, lt=1)
     insufficient_blocks_gate: bool = False
     output: Literal["logits", "probabilities"] = "logits"
+    generation: Generation | None = None  # required for task "generation"
+
+    @model_validator(mode="after")
+    def fits_the_task(self) -> "Suite":
+        allowed = CHECKS_BY_TASK[self.task]
+        wrong = [c for c in {**self.checks, **(self.slice_checks or {})} if c not in allowed]
+        if wrong:
+            raise ValueError(f"checks {wrong} do not apply to task {self.task!r} (use: {', '.join(allowed)})")
+        if self.task == "generation" and self.generation is None:
+            raise ValueError("task 'generation' needs a 'generation' section (tokenizer, context, max_new_tokens)")
+        if self.task != "generation" and self.generation is not None:
+            raise ValueError(f"a 'generation' section only applies to task 'generation', not {self.task!r}")
+        return self
 
     @field_validator("checks", "slice_checks")
     @classmethod

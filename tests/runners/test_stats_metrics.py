@@ -104,6 +104,7 @@ def test_compiled_kernel_matches_the_numpy_path(labelled: bool) -> None:
     np.testing.assert_allclose(fused.max_abs, plain.max_abs, rtol=1e-6)
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_non_finite_outputs_are_compared_not_hidden() -> None:
     b, c, labels = _outputs_with_hard_cases(rows=300, classes=4)
     c[1, 7] = np.nan

@@ -1,0 +1,208 @@
+"""What accuracy misses in generated text: refusals, format compliance, exact match, and drift
+from the baseline over the length of the output.
+
+Per prompt, each model's output is scored on its own (refused? format kept? exact?), and the
+pair is compared token by token: where the candidate first leaves the baseline's path, how
+many positions agree, and the per-step KL divergence while both still saw the same context.
+Then everything is summed per slice value, and the checks judge the sums.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from runners.contracts import FAIL, INSUFFICIENT, PASS, CheckResult, CheckSpec
+from runners.generate import Generation
+from runners.stats import mcnemar_p, wilson_interval
+from runners.text import PromptSet
+
+DEFAULT_REFUSAL_PATTERNS = (
+    r"\b(i|we)\s+(cannot|can't|can not|won't|will not|am unable to|am not able to)\b",
+    r"\b(sorry|apologi[sz]e)\b",
+    r"\bas an ai\b",
+    r"\b(cannot|can't|unable to)\s+(help|assist|comply|provide)\b",
+)
+DEFAULT_CURVE_POSITIONS = (32, 64, 128, 256, 512)
+_EPS = 1e-12
+
+
+def refused(texts: list[str], patterns: tuple[str, ...]) -> np.ndarray:
+    compiled = [re.compile(p, re.IGNORECASE) for p in patterns]
+    return np.array([any(p.search(t) for p in compiled) for t in texts], dtype=bool)
+
+
+def format_ok(text: str, spec: dict[str, Any]) -> bool:
+    """Does `text` keep the expected format: JSON that parses, JSON matching a schema, or a regex?"""
+    if "regex" in spec:
+        return re.fullmatch(spec["regex"], text.strip()) is not None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return False
+    if "json_schema" in spec:
+        import jsonschema
+
+        return jsonschema.Draft202012Validator(spec["json_schema"]).is_valid(value)
+    return True
+
+
+@dataclass
+class ModelScores:
+    """One model's outputs scored on their own; NaN where a prompt has no format or reference."""
+
+    texts: list[str]
+    refused: np.ndarray
+    format_ok: np.ndarray  # float: 1, 0 or NaN
+    exact: np.ndarray  # float: 1, 0 or NaN
+
+
+def score(texts: list[str], prompts: PromptSet, refusal_patterns: tuple[str, ...]) -> ModelScores:
+    fmt = np.array([np.nan if p.format is None else float(format_ok(t, p.format))
+                    for t, p in zip(texts, prompts.prompts)])
+    exact = np.array([np.nan if p.reference is None else float(t.strip() == p.reference.strip())
+                      for t, p in zip(texts, prompts.prompts)])
+    return ModelScores(texts, refused(texts, refusal_patterns), fmt, exact)
+
+
+@dataclass
+class Drift:
+    """The pair compared token by token, per prompt."""
+
+    compared: np.ndarray  # positions compared: the longer of the two outputs
+    agree: np.ndarray  # positions where both chose the same token
+    first_divergence: np.ndarray  # first differing position; == compared when identical
+    curve_compared: np.ndarray  # (prompts, len(positions)): positions compared before each curve point
+    curve_agree: np.ndarray
+    kl_sum: np.ndarray  # per-step KL summed over the steps that shared a context
+    kl_steps: np.ndarray
+    positions: tuple[int, ...]
+
+
+def drift(baseline: Generation, candidate: Generation, positions: tuple[int, ...]) -> Drift:
+    compared = np.maximum(baseline.lengths, candidate.lengths)
+    width = baseline.tokens.shape[1]
+    inside = np.arange(width)[None, :] < compared[:, None]
+    equal = (baseline.tokens == candidate.tokens) & inside
+    differs = ~equal & inside
+    first = np.where(differs.any(axis=1), differs.argmax(axis=1), compared)
+    cumulative = np.concatenate([np.zeros((len(equal), 1), np.int64), np.cumsum(equal, axis=1)], axis=1)
+    points = np.minimum(np.array(positions), width)
+    curve_compared = np.minimum(points[None, :], compared[:, None])
+    curve_agree = np.take_along_axis(cumulative, curve_compared, axis=1)
+    kl_sum = np.zeros(len(compared))
+    kl_steps = np.zeros(len(compared), np.int64)
+    if baseline.log_probs is not None and candidate.log_probs is not None:
+        # Up to and including the first divergence both models saw the same context, so their
+        # step distributions are comparable; past it they describe different texts.
+        shared = np.minimum(first + 1, np.minimum(baseline.lengths, candidate.lengths))
+        mask = np.arange(width)[None, :] < shared[:, None]
+        lb, lc = baseline.log_probs, candidate.log_probs
+        step_kl = (np.exp(lb) * (lb - lc)).sum(axis=2)
+        kl_sum, kl_steps = (step_kl * mask).sum(axis=1), mask.sum(axis=1)
+    return Drift(compared, equal.sum(axis=1), first, curve_compared, curve_agree, kl_sum, kl_steps,
+                 tuple(int(p) for p in positions))
+
+
+@dataclass
+class GroupBehaviour:
+    """Sums over one slice value (or the aggregate)."""
+
+    n: int
+    flags: dict[str, tuple[int, int, int, int, int]] = field(default_factory=dict)  # name -> n, base, cand, b_only, c_only
+    compared: int = 0
+    agree: int = 0
+    identical: int = 0
+    first_divergence: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    curve: dict[int, float] = field(default_factory=dict)
+    kl_sum: float = 0.0
+    kl_steps: int = 0
+
+
+def _pair_counts(base: np.ndarray, cand: np.ndarray) -> tuple[int, int, int, int, int]:
+    known = ~(np.isnan(base) | np.isnan(cand)) if base.dtype.kind == "f" else np.ones(len(base), bool)
+    b, c = base[known].astype(bool), cand[known].astype(bool)
+    return int(known.sum()), int(b.sum()), int(c.sum()), int((b & ~c).sum()), int((~b & c).sum())
+
+
+def group_behaviour(rows: np.ndarray, base: ModelScores, cand: ModelScores, pair: Drift) -> GroupBehaviour:
+    g = GroupBehaviour(n=int(len(rows)))
+    g.flags = {"refusal": _pair_counts(base.refused[rows], cand.refused[rows]),
+               "format": _pair_counts(base.format_ok[rows], cand.format_ok[rows]),
+               "exact": _pair_counts(base.exact[rows], cand.exact[rows])}
+    g.compared, g.agree = int(pair.compared[rows].sum()), int(pair.agree[rows].sum())
+    g.identical = int((pair.first_divergence[rows] >= pair.compared[rows]).sum())
+    g.first_divergence = pair.first_divergence[rows][pair.first_divergence[rows] < pair.compared[rows]]
+    compared, agreed = pair.curve_compared[rows].sum(axis=0), pair.curve_agree[rows].sum(axis=0)
+    g.curve = {p: float(a / c) if c else 1.0 for p, a, c in zip(pair.positions, agreed, compared)}
+    g.kl_sum, g.kl_steps = float(pair.kl_sum[rows].sum()), int(pair.kl_steps[rows].sum())
+    return g
+
+
+def slice_behaviour(prompts: PromptSet, slices: tuple[str, ...], base: ModelScores, cand: ModelScores,
+                    pair: Drift) -> dict[tuple[str, str], GroupBehaviour]:
+    everything = np.arange(len(prompts.prompts))
+    out = {("all", "all"): group_behaviour(everything, base, cand, pair)}
+    for dimension in slices:
+        column = np.array(prompts.column(dimension))
+        for value in sorted(set(column.tolist())):
+            out[(dimension, value)] = group_behaviour(np.flatnonzero(column == value), base, cand, pair)
+    return out
+
+
+# -- checks -------------------------------------------------------------------------------------
+def _rate_check(flag: str, two_sided: bool):
+    def judge(g: GroupBehaviour, limit: float, confidence: float):
+        n, base, cand, b_only, c_only = g.flags[flag]
+        rb, rc = base / max(n, 1), cand / max(n, 1)
+        if two_sided:  # a refusal rate that moves either way is a behaviour change
+            p = min(1.0, 2 * mcnemar_p(max(b_only, c_only), min(b_only, c_only)))
+            breached = abs(rc - rb) > limit + _EPS
+        else:  # a drop: baseline right where the candidate is not
+            p = mcnemar_p(b_only, c_only)
+            breached = rb - rc > limit + _EPS
+        return n, rb, rc, breached, {"mcnemar_p": p, "baseline_only": b_only, "candidate_only": c_only}
+    return judge
+
+
+def _token_agreement(g: GroupBehaviour, limit: float, confidence: float):
+    value = g.agree / g.compared if g.compared else 1.0
+    low, high = wilson_interval(g.identical, g.n, confidence)
+    statistic = {f"agreement@{p}": v for p, v in g.curve.items()}
+    statistic |= {"identical_outputs": g.identical / max(g.n, 1), "identical_wilson_low": low,
+                  "identical_wilson_high": high}
+    if len(g.first_divergence):
+        for q in (10, 50, 90):
+            statistic[f"first_divergence_p{q}"] = float(np.percentile(g.first_divergence, q))
+    return g.n, 1.0, value, value < limit - _EPS, statistic
+
+
+def _mean_step_kl(g: GroupBehaviour, limit: float, confidence: float):
+    value = g.kl_sum / g.kl_steps if g.kl_steps else 0.0
+    return g.n, 0.0, value, value > limit + _EPS, {"kl_steps": g.kl_steps}
+
+
+GENERATION_CHECKS = {
+    "max_refusal_rate_delta": _rate_check("refusal", two_sided=True),
+    "max_format_drop": _rate_check("format", two_sided=False),
+    "max_exact_match_drop": _rate_check("exact", two_sided=False),
+    "min_token_agreement": _token_agreement,
+    "max_mean_step_kl": _mean_step_kl,
+}
+# Checks that only concern the prompts that carry a format or a reference.
+_SUBSET_FLAGS = {"max_format_drop": "format", "max_exact_match_drop": "exact"}
+
+
+def judge_generation(check: CheckSpec, dimension: str, value: str, g: GroupBehaviour, min_slice_size: int,
+                     confidence: float) -> CheckResult | None:
+    """One check on one slice; None where the slice holds no prompt the check applies to."""
+    n, base, cand, breached, statistic = GENERATION_CHECKS[check.name](g, check.limit, confidence)
+    if check.name in _SUBSET_FLAGS and n == 0:
+        return None
+    verdict = INSUFFICIENT if n < min_slice_size else (FAIL if breached else PASS)
+    return CheckResult(check=check.name, dimension=dimension, value=value, n=n, baseline=base, candidate=cand,
+                       delta=cand - base, tolerance=check.limit, verdict=verdict, statistic=statistic)

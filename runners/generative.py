@@ -1,0 +1,114 @@
+"""The generative harness: both models generate greedily on the same prompts, then every
+behaviour check is judged on the aggregate and on every slice value."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from runners.backends import ArtifactError, make_runner
+from runners.behaviour import (DEFAULT_CURVE_POSITIONS, DEFAULT_REFUSAL_PATTERNS, ModelScores, drift,
+                               judge_generation, score, slice_behaviour)
+from runners.contracts import ArtifactSpec, CheckResult, SuiteSpec
+from runners.data import DataError
+from runners.generate import Generation, greedy_generate
+from runners.text import CharTokenizer, PromptSet, load_prompts
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    tokenizer: str
+    context: int
+    max_new_tokens: int
+    stop: str = "\n"
+    input: str | None = None  # the model input that takes the token window; None: its only input
+    refusal_patterns: tuple[str, ...] = DEFAULT_REFUSAL_PATTERNS
+    curve_positions: tuple[int, ...] = DEFAULT_CURVE_POSITIONS
+
+    @classmethod
+    def of(cls, suite: SuiteSpec) -> "GenerationSettings":
+        if not suite.generation:
+            raise DataError(f"suite {suite.name!r}: a generation suite needs its generation settings")
+        settings = dict(suite.generation)
+        for key in ("refusal_patterns", "curve_positions"):
+            if settings.get(key) is None:
+                settings.pop(key, None)
+            else:
+                settings[key] = tuple(settings[key])
+        return cls(**settings)
+
+
+@dataclass
+class GenerativeInputs:
+    prompts: PromptSet
+    tokenizer: CharTokenizer
+    prompt_ids: list[list[int]]
+
+
+def load_inputs(suite: SuiteSpec, settings: GenerationSettings) -> GenerativeInputs:
+    prompts = load_prompts(suite.data, suite.slices)
+    tokenizer = CharTokenizer.load(settings.tokenizer)
+    if settings.stop not in tokenizer.tokens:
+        raise DataError(f"{settings.tokenizer}: the stop token {settings.stop!r} is not in the vocabulary")
+    ids = [tokenizer.encode(p.text, f"{suite.data}: prompt {i + 1}") for i, p in enumerate(prompts.prompts)]
+    return GenerativeInputs(prompts, tokenizer, ids)
+
+
+def generate(artifact: ArtifactSpec, options: dict[str, Any], inputs: GenerativeInputs,
+             settings: GenerationSettings, batch_size: int) -> Generation:
+    """Load one step model, generate every prompt greedily, release it."""
+    with make_runner(artifact.runner, artifact.path, options) as runner:
+        names = runner.input_names
+        name = settings.input or (names[0] if len(names) == 1 else None)
+        if name is None or name not in names:
+            raise ArtifactError(f"{artifact.path}: generation needs one token input (set generation.input); "
+                                f"the model takes {names}")
+        return greedy_generate(lambda window: runner.infer({name: window}), inputs.prompt_ids,
+                               context=settings.context, max_new_tokens=settings.max_new_tokens,
+                               stop_id=inputs.tokenizer.token_id(settings.stop),
+                               pad_id=inputs.tokenizer.pad_id, batch_size=batch_size)
+
+
+def texts(generation: Generation, tokenizer: CharTokenizer, stop: str) -> list[str]:
+    stop_id = tokenizer.token_id(stop)
+    out = []
+    for row, length in zip(generation.tokens, generation.lengths):
+        ids = row[:length]
+        out.append(tokenizer.decode(ids[:-1] if len(ids) and ids[-1] == stop_id else ids))
+    return out
+
+
+def judge_generations(baseline: Generation, candidate: Generation, inputs: GenerativeInputs,
+                      suite: SuiteSpec, settings: GenerationSettings) -> tuple[list[CheckResult], dict[str, Any]]:
+    """Every check on the aggregate and every slice value, and the drift curves per slice."""
+    scores: list[ModelScores] = [score(texts(g, inputs.tokenizer, settings.stop), inputs.prompts,
+                                       settings.refusal_patterns) for g in (baseline, candidate)]
+    pair = drift(baseline, candidate, settings.curve_positions)
+    groups = slice_behaviour(inputs.prompts, suite.slices, *scores, pair)
+    results = []
+    for (dimension, value), group in groups.items():
+        for check in suite.checks_for(dimension):
+            judged = judge_generation(check, dimension, value, group, suite.min_slice_size, suite.confidence)
+            if judged is not None:
+                results.append(judged)
+    aggregate_counts = groups[("all", "all")].flags
+    for check in suite.checks:
+        flag = {"max_format_drop": "format", "max_exact_match_drop": "exact"}.get(check.name)
+        if flag and aggregate_counts[flag][0] == 0:
+            what = "an expected \"format\"" if flag == "format" else "a \"reference\""
+            raise DataError(f"{suite.data}: check {check.name} needs prompts with {what}, and none has one")
+    curves = {"positions": list(pair.positions), "slices": [
+        {"dimension": d, "value": v, "n": g.n, "agreement": [round(g.curve[p], 6) for p in pair.positions],
+         "identical": round(g.identical / max(g.n, 1), 6),
+         "mean_step_kl": round(g.kl_sum / g.kl_steps, 8) if g.kl_steps else 0.0,
+         "first_divergence": _quantiles(g.first_divergence)}
+        for (d, v), g in groups.items()]}
+    return results, curves
+
+
+def _quantiles(values) -> dict[str, float] | None:
+    import numpy as np
+
+    if not len(values):
+        return None
+    return {f"p{q}": float(np.percentile(values, q)) for q in (10, 50, 90)}
