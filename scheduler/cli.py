@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 from scheduler.config import ConfigError, LoadedConfig, load_config
@@ -69,6 +70,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from scheduler.validate import run_validation
 
     loaded = _load(args)
+    if args.plot:
+        _check_plot_dir(args.plot)
     try:
         jobs = plan(loaded, target=args.target, model=args.model, trigger="manual")
     except SelectionError as exc:
@@ -86,11 +89,30 @@ def cmd_validate(args: argparse.Namespace) -> int:
     finally:
         dispatcher.shutdown()
         ledger.close()
+    doc = render.document(result)
     if args.json:
-        _print_json(render.document(result))
+        _print_json(doc)
     else:
         print(render.human(result, verbose=not args.quiet))
+    if args.plot:
+        from scheduler.plots import write_drift_plots
+
+        for path in write_drift_plots(doc["runs"], args.plot):
+            print(f"drift plot: {path}", file=sys.stderr)
     return result.exit_code()
+
+
+def _check_plot_dir(directory: str) -> None:
+    """Refuse an unusable --plot directory before any job runs."""
+    path = Path(directory)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--plot {directory}: exists and is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--plot {directory}: cannot create the directory ({exc.strerror or exc})") from exc
+    if not os.access(path, os.W_OK):
+        raise UsageError(f"--plot {directory}: the directory is not writable")
 
 
 def _ledger(args: argparse.Namespace):
@@ -217,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="only this model")
     p.add_argument("--json", action="store_true", help="print the versioned JSON document")
     p.add_argument("-q", "--quiet", action="store_true", help="only verdicts and failures, no per-slice table")
+    p.add_argument("--plot", metavar="DIR", help="write each generative run's drift curves as SVG into DIR")
     add("status", cmd_status, "current gate per model, candidate and target").add_argument("--json", action="store_true")
     p = add("history", cmd_history, "recent runs from the ledger")
     p.add_argument("--limit", type=int, default=50)

@@ -168,14 +168,14 @@ class Suite(Strict):
 
     @model_validator(mode="after")
     def fits_the_task(self) -> "Suite":
-        allowed = CHECKS_BY_TASK[self.task]
-        wrong = [c for c in {**self.checks, **(self.slice_checks or {})} if c not in allowed]
-        if wrong:
-            raise ValueError(f"checks {wrong} do not apply to task {self.task!r} (use: {', '.join(allowed)})")
         if self.task == "generation" and self.generation is None:
             raise ValueError("task 'generation' needs a 'generation' section (tokenizer, context, max_new_tokens)")
         if self.task != "generation" and self.generation is not None:
             raise ValueError(f"a 'generation' section only applies to task 'generation', not {self.task!r}")
+        allowed = CHECKS_BY_TASK[self.task]
+        wrong = [c for c in {**self.checks, **(self.slice_checks or {})} if c not in allowed]
+        if wrong:
+            raise ValueError(f"checks {wrong} do not apply to task {self.task!r} (use: {', '.join(allowed)})")
         return self
 
     @field_validator("checks", "slice_checks")

@@ -120,6 +120,21 @@ CASES = [
      ["batch_size", "greater than or equal to 1"]),
     ("bad-target-name", "  cpu:\n    runners", "  'cpu node!':\n    runners", 3, ["targets: invalid name"]),
     ("wrong-type-checks", "checks: {max_drop: 0.02}", "checks: [max_drop]", 22, ["suites.s.checks"]),
+    ("generation-without-settings", "task: classification", "task: generation", 18,
+     ["suites.s", "task 'generation' needs a 'generation' section"]),
+    ("check-of-another-task", "{max_drop: 0.02}", "{max_drop: 0.02, min_token_agreement: 0.9}", 18,
+     ["suites.s", "checks ['min_token_agreement'] do not apply to task 'classification'"]),
+    ("generation-on-classification", "    slices: [digit]\n",
+     "    slices: [digit]\n    generation: {tokenizer: v.json, context: 8, max_new_tokens: 16}\n", 18,
+     ["suites.s", "only applies to task 'generation'"]),
+    ("generation-bad-settings", "task: classification\n    slices: [digit]\n    checks: {max_drop: 0.02}",
+     "task: generation\n    slices: [digit]\n    checks: {min_token_agreement: 0.9}\n"
+     "    generation: {tokenizer: v.json, context: 0, max_new_tokens: 16, refusal_patterns: ['(']}", 23,
+     ["suites.s.generation.context", "greater than or equal to 1"]),
+    ("generation-missing-tokenizer", "task: classification\n    slices: [digit]\n    checks: {max_drop: 0.02}",
+     "task: generation\n    slices: [digit]\n    checks: {min_token_agreement: 0.9}\n"
+     "    generation: {tokenizer: nowhere.json, context: 8, max_new_tokens: 16}", 23,
+     ["suites.s.generation.tokenizer: file not found", "nowhere.json"]),
 ]
 
 
