@@ -18,6 +18,7 @@ import numpy as np
 
 from runners.contracts import FAIL, INSUFFICIENT, PASS, CheckResult, CheckSpec
 from runners.generate import Generation
+from runners.metrics import row_metrics
 from runners.stats import mcnemar_p, wilson_interval
 from runners.text import PromptSet
 
@@ -96,14 +97,18 @@ def drift(baseline: Generation, candidate: Generation, positions: tuple[int, ...
     curve_agree = np.take_along_axis(cumulative, curve_compared, axis=1)
     kl_sum = np.zeros(len(compared))
     kl_steps = np.zeros(len(compared), np.int64)
-    if baseline.log_probs is not None and candidate.log_probs is not None:
+    if baseline.logits is not None and candidate.logits is not None:
         # Up to and including the first divergence both models saw the same context, so their
         # step distributions are comparable; past it they describe different texts.
         shared = np.minimum(first + 1, np.minimum(baseline.lengths, candidate.lengths))
-        mask = np.arange(width)[None, :] < shared[:, None]
-        lb, lc = baseline.log_probs, candidate.log_probs
-        step_kl = (np.exp(lb) * (lb - lc)).sum(axis=2)
-        kl_sum, kl_steps = (step_kl * mask).sum(axis=1), mask.sum(axis=1)
+        rows, steps = np.nonzero(np.arange(width)[None, :] < shared[:, None])
+        if len(rows):
+            # Those steps as class-major rows: the same per-row KL as the classification harness.
+            step_b = np.ascontiguousarray(baseline.logits[rows, steps].T)
+            step_c = np.ascontiguousarray(candidate.logits[rows, steps].T)
+            step_kl = row_metrics(step_b, step_c, None).column("kl")
+            kl_sum = np.bincount(rows, weights=step_kl, minlength=len(compared))
+            kl_steps = np.bincount(rows, minlength=len(compared))
     return Drift(compared, equal.sum(axis=1), first, curve_compared, curve_agree, kl_sum, kl_steps,
                  tuple(int(p) for p in positions))
 

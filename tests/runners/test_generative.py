@@ -46,7 +46,7 @@ def test_the_same_prompts_give_the_same_outputs_twice(demo_dir: Path) -> None:
     first, second = (generate(artifact, {}, inputs, settings, batch_size=64) for _ in range(2))
     np.testing.assert_array_equal(first.tokens, second.tokens)
     np.testing.assert_array_equal(first.lengths, second.lengths)
-    np.testing.assert_array_equal(first.log_probs, second.log_probs)
+    np.testing.assert_array_equal(first.logits, second.logits)
     # Different batch sizes must not change greedy outputs of an fp32 model either.
     third = generate(artifact, {}, inputs, settings, batch_size=7)
     np.testing.assert_array_equal(first.tokens, third.tokens)
@@ -132,7 +132,7 @@ def test_step_kl_only_while_the_contexts_were_the_same() -> None:
     lp_c = lp_b.copy()
     lp_c[0, 1] = np.log(np.array([0.2, 0.2, 0.6], np.float32))  # the step where it diverged
     lp_c[0, 3] = np.log(np.array([0.9, 0.05, 0.05], np.float32))  # after: a different text, not counted
-    base.log_probs, cand.log_probs = lp_b, lp_c
+    base.logits, cand.logits = lp_b, lp_c  # log-probabilities are logits too
     d = drift(base, cand, (4,))
     expected = float(np.sum(np.exp(lp_b[0, 1]) * (lp_b[0, 1] - lp_c[0, 1])))
     assert d.first_divergence.tolist() == [1] and d.kl_steps.tolist() == [2] and d.kl_sum[0] == pytest.approx(expected, rel=1e-5)
