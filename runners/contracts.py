@@ -54,6 +54,8 @@ class SuiteSpec:
     insufficient_blocks_gate: bool = False
     output_kind: str = "logits"  # or "probabilities"
     generation: dict[str, Any] | None = None  # task "generation": tokenizer, context, max_new_tokens, ...
+    tensor_tolerance: dict[str, float] | None = None  # {"atol", "rtol"} for min_within_tolerance
+    batch_sizes: tuple[int, ...] | None = None  # production batch sizes the candidate is judged at
 
     def checks_for(self, dimension: str) -> tuple[CheckSpec, ...]:
         if dimension == AGGREGATE_DIMENSION or self.slice_checks is None:
@@ -90,6 +92,8 @@ def job_spec_from_dict(data: dict[str, Any]) -> JobSpec:
     suite = dict(data["suite"])
     suite["slices"] = tuple(suite["slices"])
     suite["checks"] = tuple(CheckSpec(**c) for c in suite["checks"])
+    if suite.get("batch_sizes") is not None:
+        suite["batch_sizes"] = tuple(suite["batch_sizes"])
     if suite.get("slice_checks") is not None:
         suite["slice_checks"] = tuple(CheckSpec(**c) for c in suite["slice_checks"])
     return JobSpec(**{**data, "baseline": ArtifactSpec(**data["baseline"]),

@@ -23,6 +23,7 @@ from runners.generative import GenerationSettings, generate, judge_generations, 
 from runners.hashing import sha256_path
 from runners.metrics import row_metrics, slice_stats
 from runners.probes import probe_stack
+from runners.tensor_checks import TENSOR_CHECKS, judge_tensor, tensor_stats
 
 
 def run_model(artifact: ArtifactSpec, options: dict[str, Any], data: EvalData, batch_size: int) -> np.ndarray:
@@ -41,11 +42,43 @@ def judge_outputs(baseline: np.ndarray, candidate: np.ndarray, data: EvalData,
         if needing:
             raise DataError(f"{suite.data}: checks {needing} need a 'labels' array, and the file has none")
     rows = row_metrics(baseline, candidate, data.labels, suite.output_kind)
+    tensors = None
+    if any(c.name in TENSOR_CHECKS for c in suite.checks + (suite.slice_checks or ())):
+        tolerance = suite.tensor_tolerance or {}
+        tensors = tensor_stats(baseline, candidate, data.slice_index, tolerance.get("atol", 0.0),
+                               tolerance.get("rtol", 0.0))
     results = []
     for (dimension, value), stats in slice_stats(rows, data.slice_index).items():
         for check in suite.checks_for(dimension):
-            results.append(judge(check, dimension, value, stats, suite.min_slice_size, suite.confidence))
+            if check.name in TENSOR_CHECKS:
+                results.append(judge_tensor(check, dimension, value, tensors[(dimension, value)],
+                                            suite.min_slice_size))
+            else:
+                results.append(judge(check, dimension, value, stats, suite.min_slice_size, suite.confidence))
     return results
+
+
+def run_at_batch_sizes(spec: JobSpec, data: EvalData) -> tuple[list[CheckResult], list[dict[str, Any]]]:
+    """The candidate at every production batch size against one baseline run; every check is
+    judged at each size (named "check@batch=N"), and the spread across sizes is reported.
+
+    Dynamic quantization picks activation scales per batch, so the same rows can get different
+    predictions at different batch sizes; the fp32 baseline is the batch-independent reference."""
+    options = spec.runner_options.get
+    baseline = run_model(spec.baseline, options(spec.baseline.runner, {}), data, spec.batch_size)
+    checks: list[CheckResult] = []
+    measured: dict[tuple[str, str, str], list[float]] = {}
+    for size in spec.suite.batch_sizes:
+        candidate = run_model(spec.candidate_artifact, options(spec.candidate_artifact.runner, {}), data, size)
+        for check in judge_outputs(baseline, candidate, data, spec.suite):
+            measured.setdefault((check.check, check.dimension, check.value), []).append(check.candidate)
+            check.check = f"{check.check}@batch={size}"
+            checks.append(check)
+    spread = [{"check": name, "dimension": dimension, "value": value, "min": min(values), "max": max(values),
+               "spread": max(values) - min(values)}
+              for (name, dimension, value), values in measured.items() if values[0] is not None]
+    spread.sort(key=lambda s: -s["spread"])
+    return checks, spread
 
 
 def run_generation(spec: JobSpec) -> tuple[list[CheckResult], dict[str, Any]]:
@@ -109,9 +142,12 @@ def run_job(spec: JobSpec) -> JobResult:
             result.checks, result.provenance["drift"] = run_generation(spec)
         else:
             data = load_eval_data(spec.suite.data, spec.suite.slices)
-            outputs = [run_model(a, spec.runner_options.get(a.runner, {}), data, spec.batch_size)
-                       for a in (spec.baseline, spec.candidate_artifact)]  # one after the other: each gets every core
-            result.checks = judge_outputs(*outputs, data, spec.suite)
+            if spec.suite.batch_sizes:
+                result.checks, result.provenance["batch_spread"] = run_at_batch_sizes(spec, data)
+            else:
+                outputs = [run_model(a, spec.runner_options.get(a.runner, {}), data, spec.batch_size)
+                           for a in (spec.baseline, spec.candidate_artifact)]  # one after the other: each gets every core
+                result.checks = judge_outputs(*outputs, data, spec.suite)
         result.verdict = candidate_verdict(result.checks, spec.suite)
         result.status = "finished"
     except (ArtifactError, DataError) as exc:

@@ -64,7 +64,9 @@ def suite_spec(loaded: LoadedConfig, name: str, suite: Suite) -> SuiteSpec:
     return SuiteSpec(name=name, data=loaded.resolve(suite.data), task=suite.task, slices=tuple(suite.slices),
                      checks=specs(suite.checks), slice_checks=slice_checks, min_slice_size=suite.min_slice_size,
                      confidence=suite.confidence, insufficient_blocks_gate=suite.insufficient_blocks_gate,
-                     output_kind=suite.output, generation=_generation(loaded, suite))
+                     output_kind=suite.output, generation=_generation(loaded, suite),
+                     tensor_tolerance=suite.tolerance.model_dump() if suite.tolerance else None,
+                     batch_sizes=tuple(suite.batch_sizes) if suite.batch_sizes else None)
 
 
 def _generation(loaded: LoadedConfig, suite: Suite) -> dict | None:

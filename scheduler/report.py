@@ -19,7 +19,8 @@ _DESCRIBE = {
     "max_mean_abs_diff": "mean |diff|", "min_cosine": "cosine similarity",
     "max_refusal_rate_delta": "refusal rate change", "max_format_drop": "format compliance drop",
     "max_exact_match_drop": "exact match drop", "min_token_agreement": "token agreement",
-    "max_mean_step_kl": "mean per-step KL",
+    "max_mean_step_kl": "mean per-step KL", "min_within_tolerance": "share of elements within atol/rtol",
+    "max_median_abs_diff": "median |diff|", "max_p99_abs_diff": "p99 |diff|",
 }
 # Checks on a rate whose tolerance bounds baseline minus candidate.
 _DROPS = ("max_drop", "max_format_drop", "max_exact_match_drop")
@@ -48,13 +49,19 @@ def document(report: ValidationReport) -> dict[str, Any]:
             "ray_startup_seconds": report.ray_startup_seconds, "runs": [run_dict(r) for r in report.records]}
 
 
+def check_kind(name: str) -> str:
+    """The check without its batch-size qualifier: "max_drop@batch=64" -> "max_drop"."""
+    return name.split("@", 1)[0]
+
+
 def _measured(c: CheckResult) -> float | None:
     """The quantity the tolerance applies to."""
-    if c.check in _DROPS:
+    kind = check_kind(c.check)
+    if kind in _DROPS:
         return None if c.delta is None else 0.0 - c.delta  # 0.0 - x keeps "no drop" as +0.0
-    if c.check == "max_refusal_rate_delta":
+    if kind == "max_refusal_rate_delta":
         return None if c.delta is None else abs(c.delta)
-    if c.check == "max_relative_drop":
+    if kind == "max_relative_drop":
         return c.statistic.get("relative_drop")
     return c.candidate
 
@@ -63,12 +70,14 @@ def explain_failure(c: CheckResult) -> str:
     """One line: what failed, on which slice, by how much, against which tolerance."""
     where = "aggregate" if c.dimension == AGGREGATE_DIMENSION else f"{c.dimension}={c.value}"
     value = _measured(c)
-    relation = ">" if c.check.startswith("max_") else "<"
-    text = f"{where}: {_DESCRIBE[c.check]} {value:.4f} {relation} tolerance {c.tolerance:g}"
-    if c.check in _RATES or c.check == "max_relative_drop":
-        text += f" ({_RATES.get(c.check, 'accuracy')} {c.baseline:.3f} -> {c.candidate:.3f}"
+    kind = check_kind(c.check)
+    relation = ">" if kind.startswith("max_") else "<"
+    batch = f" at batch size {c.check.split('=', 1)[1]}" if "@batch=" in c.check else ""
+    text = f"{where}{batch}: {_DESCRIBE[kind]} {value:.4f} {relation} tolerance {c.tolerance:g}"
+    if kind in _RATES or kind == "max_relative_drop":
+        text += f" ({_RATES.get(kind, 'accuracy')} {c.baseline:.3f} -> {c.candidate:.3f}"
         text += f", McNemar p={c.statistic['mcnemar_p']:.2g})" if "mcnemar_p" in c.statistic else ")"
-    elif c.check == "min_token_agreement" and "first_divergence_p50" in c.statistic:
+    elif kind == "min_token_agreement" and "first_divergence_p50" in c.statistic:
         text += (f" (outputs identical to the baseline: {c.statistic['identical_outputs']:.0%}, median first "
                  f"divergence at token {c.statistic['first_divergence_p50']:.0f})")
     elif "wilson_low" in c.statistic:
@@ -133,6 +142,13 @@ def human(report: ValidationReport, verbose: bool = True) -> str:
         if failures and not any(c.dimension == AGGREGATE_DIMENSION for c in failures):
             regressed = sorted({f"{c.dimension}={c.value}" for c in failures})
             out.append(f"    aggregate within tolerance; regressed slice(s): {', '.join(regressed)}")
+        moved = [s for s in result.provenance.get("batch_spread") or () if s["spread"] > 0]
+        if moved:
+            sizes = ", ".join(map(str, spec.suite.batch_sizes or ()))
+            out.append(f"    results that change with the batch size ({sizes}):")
+            for s in moved[:5]:
+                where = "aggregate" if s["dimension"] == AGGREGATE_DIMENSION else f"{s['dimension']}={s['value']}"
+                out.append(f"      {_DESCRIBE[s['check']]} on {where}: {s['min']:.4f} .. {s['max']:.4f}")
         thin = sorted({f"{c.dimension}={c.value}" for c in result.checks if c.verdict == INSUFFICIENT})
         if thin:
             out.append(f"    insufficient (n < {spec.suite.min_slice_size}, not judged): {', '.join(thin)}")

@@ -12,14 +12,17 @@ RUNNERS = ("onnxruntime", "torch")
 PLUGIN_RUNNER = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
 TASKS = ("classification", "generation")
 CLASSIFICATION_CHECKS = ("max_drop", "max_relative_drop", "min_accuracy", "min_agreement",
-                         "max_mean_kl", "max_abs_diff", "max_mean_abs_diff", "min_cosine")
+                         "max_mean_kl", "max_abs_diff", "max_mean_abs_diff", "min_cosine",
+                         # tensor-level, element by element (runners/tensor_checks.py)
+                         "min_within_tolerance", "max_median_abs_diff", "max_p99_abs_diff")
 GENERATION_CHECKS = ("max_refusal_rate_delta", "max_format_drop", "max_exact_match_drop", "min_token_agreement",
                      "max_mean_step_kl")
 CHECK_NAMES = CLASSIFICATION_CHECKS + GENERATION_CHECKS
 CHECKS_BY_TASK = {"classification": CLASSIFICATION_CHECKS, "generation": GENERATION_CHECKS}
 # Checks whose limit is a proportion in [0, 1]; the others are non-negative magnitudes.
 PROPORTION_CHECKS = ("max_drop", "max_relative_drop", "min_accuracy", "min_agreement", "min_cosine",
-                     "max_refusal_rate_delta", "max_format_drop", "max_exact_match_drop", "min_token_agreement")
+                     "max_refusal_rate_delta", "max_format_drop", "max_exact_match_drop", "min_token_agreement",
+                     "min_within_tolerance")
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 
 
@@ -154,6 +157,13 @@ class Generation(Strict):
         return value
 
 
+class TensorTolerance(Strict):
+    """An output element passes when |candidate - baseline| <= atol + rtol * |baseline|."""
+
+    atol: float = Field(default=0.0, ge=0)
+    rtol: float = Field(default=0.0, ge=0)
+
+
 class Suite(Strict):
     data: str = Field(min_length=1)
     task: Literal[TASKS]  # type: ignore[valid-type]
@@ -165,6 +175,9 @@ class Suite(Strict):
     insufficient_blocks_gate: bool = False
     output: Literal["logits", "probabilities"] = "logits"
     generation: Generation | None = None  # required for task "generation"
+    tolerance: TensorTolerance | None = None  # the element rule of min_within_tolerance
+    # Batch sizes production serves the candidate at; every check is judged at each (classification).
+    batch_sizes: list[Annotated[int, Field(ge=1, le=1_000_000)]] | None = Field(default=None, min_length=1)
 
     @model_validator(mode="after")
     def fits_the_task(self) -> "Suite":
@@ -172,6 +185,13 @@ class Suite(Strict):
             raise ValueError("task 'generation' needs a 'generation' section (tokenizer, context, max_new_tokens)")
         if self.task != "generation" and self.generation is not None:
             raise ValueError(f"a 'generation' section only applies to task 'generation', not {self.task!r}")
+        configured = {**self.checks, **(self.slice_checks or {})}
+        if "min_within_tolerance" in configured and self.tolerance is None:
+            raise ValueError("min_within_tolerance needs a 'tolerance' section: {atol: ..., rtol: ...}")
+        if self.batch_sizes is not None and self.task != "classification":
+            raise ValueError("batch_sizes applies to task 'classification' (generation batches running prompts)")
+        if self.batch_sizes is not None and len(set(self.batch_sizes)) != len(self.batch_sizes):
+            raise ValueError(f"batch_sizes {self.batch_sizes} repeats a size")
         allowed = CHECKS_BY_TASK[self.task]
         wrong = [c for c in {**self.checks, **(self.slice_checks or {})} if c not in allowed]
         if wrong:

@@ -1,0 +1,68 @@
+"""Tensor-level comparison, as Polygraphy's compare does it: every output element of the
+candidate against the baseline's, with an atol/rtol pass rule and error statistics.
+
+An element passes when |candidate - baseline| <= atol + rtol * |baseline|. Per slice value:
+the share of elements that pass, and the median, p99 and maximum absolute error. Computed only
+when a suite configures one of these checks (the quantiles need every element of the slice).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from runners.contracts import FAIL, INSUFFICIENT, PASS, CheckResult, CheckSpec
+from runners.metrics import SliceIndex
+
+TENSOR_CHECKS = ("min_within_tolerance", "max_median_abs_diff", "max_p99_abs_diff")
+_EPS = 1e-12
+
+
+@dataclass
+class TensorStats:
+    n: int  # rows
+    values: int  # output elements compared
+    within: int  # elements inside atol + rtol * |baseline|
+    median_abs: float
+    p99_abs: float
+    max_abs: float
+
+
+def _stats(abs_diff: np.ndarray, within: np.ndarray, rows: int) -> TensorStats:
+    if not abs_diff.size:
+        return TensorStats(rows, 0, 0, 0.0, 0.0, 0.0)
+    median, p99 = np.percentile(abs_diff, (50, 99))
+    return TensorStats(rows, int(abs_diff.size), int(within.sum()), float(median), float(p99), float(abs_diff.max()))
+
+
+def tensor_stats(baseline: np.ndarray, candidate: np.ndarray, index: SliceIndex, atol: float,
+                 rtol: float) -> dict[tuple[str, str], TensorStats]:
+    """Class-major (values, rows) outputs compared element by element, per slice value."""
+    b = baseline.astype(np.float32, copy=False)
+    abs_diff = np.abs(candidate.astype(np.float32, copy=False) - b)
+    within = abs_diff <= atol + rtol * np.abs(b)
+    rows = b.shape[1]
+    out = {("all", "all"): _stats(abs_diff, within, rows)}
+    ends = index.offsets[1:] + [len(index.keys)]
+    for codes, order, offset, end in zip(index.codes, index.orders, index.offsets, ends):
+        bounds = np.searchsorted(codes[order], np.arange(end - offset + 1))
+        for code in range(end - offset):
+            members = order[bounds[code]:bounds[code + 1]]
+            out[index.keys[offset + code]] = _stats(abs_diff[:, members], within[:, members], len(members))
+    return out
+
+
+def judge_tensor(check: CheckSpec, dimension: str, value: str, s: TensorStats, min_slice_size: int) -> CheckResult:
+    if check.name == "min_within_tolerance":
+        measured, ideal = s.within / max(s.values, 1), 1.0
+        breached = measured < check.limit - _EPS
+    else:
+        measured = s.median_abs if check.name == "max_median_abs_diff" else s.p99_abs
+        ideal = 0.0
+        breached = measured > check.limit + _EPS
+    verdict = INSUFFICIENT if s.n < min_slice_size else (FAIL if breached else PASS)
+    return CheckResult(check=check.name, dimension=dimension, value=value, n=s.n, baseline=ideal, candidate=measured,
+                       delta=measured - ideal, tolerance=check.limit, verdict=verdict,
+                       statistic={"elements": s.values, "within": s.within, "median_abs": s.median_abs,
+                                  "p99_abs": s.p99_abs, "max_abs": s.max_abs})
