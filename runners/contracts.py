@@ -44,7 +44,7 @@ class SuiteSpec:
     """What to evaluate and how to judge it."""
 
     name: str
-    data: str
+    data: str | None  # None for task "external"
     task: str
     slices: tuple[str, ...]
     checks: tuple[CheckSpec, ...]  # judged on the aggregate
@@ -56,6 +56,7 @@ class SuiteSpec:
     generation: dict[str, Any] | None = None  # task "generation": tokenizer, context, max_new_tokens, ...
     tensor_tolerance: dict[str, float] | None = None  # {"atol", "rtol"} for min_within_tolerance
     batch_sizes: tuple[int, ...] | None = None  # production batch sizes the candidate is judged at
+    external: dict[str, Any] | None = None  # task "external": format, command, timeout_seconds, metrics
 
     def checks_for(self, dimension: str) -> tuple[CheckSpec, ...]:
         if dimension == AGGREGATE_DIMENSION or self.slice_checks is None:

@@ -19,6 +19,7 @@ from runners.checks import NEEDS_LABELS, judge
 from runners.contracts import (ERROR, FAIL, INSUFFICIENT, PASS, AGGREGATE_DIMENSION, ArtifactSpec,
                                CheckResult, JobResult, JobSpec, SuiteSpec, worst_verdict)
 from runners.data import DataError, EvalData, load_eval_data
+from runners.external import compare, results_for
 from runners.generative import GenerationSettings, generate, judge_generations, load_inputs
 from runners.hashing import sha256_path
 from runners.metrics import row_metrics, slice_stats
@@ -112,7 +113,9 @@ def provenance(spec: JobSpec, fingerprint: dict[str, Any]) -> dict[str, Any]:
                       "sha256": sha256_path(spec.candidate_artifact.path)},
         "quantization": dict(spec.candidate_artifact.quantization),
         "calibration_set_sha256": sha256_path(calibration) if calibration else None,
-        "suite": {"name": spec.suite.name, "data": spec.suite.data, "data_sha256": sha256_path(spec.suite.data),
+        "suite": {"name": spec.suite.name, "data": spec.suite.data,
+                  "data_sha256": sha256_path(spec.suite.data) if spec.suite.data else None,
+                  "external": spec.suite.external,
                   "task": spec.suite.task, "slices": list(spec.suite.slices),
                   "checks": {c.name: c.limit for c in spec.suite.checks},
                   "slice_checks": {c.name: c.limit for c in spec.suite.checks_for("slice")},
@@ -140,6 +143,10 @@ def run_job(spec: JobSpec) -> JobResult:
         result.provenance = provenance(spec, fingerprint)
         if spec.suite.task == "generation":
             result.checks, result.provenance["drift"] = run_generation(spec)
+        elif spec.suite.task == "external":
+            settings = spec.suite.external or {}
+            scores = [results_for(a, settings) for a in (spec.baseline, spec.candidate_artifact)]
+            result.checks = compare(*scores, spec.suite, tuple(settings.get("metrics") or ()) or None)
         else:
             data = load_eval_data(spec.suite.data, spec.suite.slices)
             if spec.suite.batch_sizes:

@@ -52,6 +52,8 @@ def affects(config: Config, target_name: str, component: str, runner: str) -> bo
     """Whether a change of `component` on `target_name` can change what `runner` computes there."""
     target = config.targets[target_name]
     rule = _rule(config, target, component)
+    if runner == "lm-eval" and not (component in config.impact or component in target.probes):
+        return True  # an external harness brings its own stack: any change may move its results
     if rule == ALL:
         return True
     if rule == GPU:

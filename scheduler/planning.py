@@ -61,12 +61,13 @@ def suite_spec(loaded: LoadedConfig, name: str, suite: Suite) -> SuiteSpec:
     slice_checks = None
     if suite.slice_checks is not None:  # overrides on top of the aggregate checks
         slice_checks = specs({**suite.checks, **suite.slice_checks})
-    return SuiteSpec(name=name, data=loaded.resolve(suite.data), task=suite.task, slices=tuple(suite.slices),
+    return SuiteSpec(name=name, data=loaded.resolve(suite.data) if suite.data else None, task=suite.task, slices=tuple(suite.slices),
                      checks=specs(suite.checks), slice_checks=slice_checks, min_slice_size=suite.min_slice_size,
                      confidence=suite.confidence, insufficient_blocks_gate=suite.insufficient_blocks_gate,
                      output_kind=suite.output, generation=_generation(loaded, suite),
                      tensor_tolerance=suite.tolerance.model_dump() if suite.tolerance else None,
-                     batch_sizes=tuple(suite.batch_sizes) if suite.batch_sizes else None)
+                     batch_sizes=tuple(suite.batch_sizes) if suite.batch_sizes else None,
+                     external=suite.external.model_dump() if suite.external else None)
 
 
 def _generation(loaded: LoadedConfig, suite: Suite) -> dict | None:
@@ -139,7 +140,7 @@ class Planner:
                     suite = suites[suite_name]
                     key = _digest(self.hasher(baseline.path), self.hasher(artifact.path), quantization,
                                   self.hasher(quantization["calibration_set"]) if "calibration_set" in quantization
-                                  else None, self.hasher(suite.data),
+                                  else None, self.hasher(suite.data) if suite.data else None,
                                   self.hasher(suite.generation["tokenizer"]) if suite.generation else None, suite)
                     items.append(_Work(model_name, cand_name, baseline, artifact, suite,
                                        frozenset({baseline.runner, artifact.runner}),

@@ -51,12 +51,14 @@ def document(report: ValidationReport) -> dict[str, Any]:
 
 def check_kind(name: str) -> str:
     """The check without its batch-size qualifier: "max_drop@batch=64" -> "max_drop"."""
-    return name.split("@", 1)[0]
+    return name.split("@", 1)[0].split(":", 1)[0]  # "max_drop:acc" (an external metric) -> "max_drop"
 
 
 def _measured(c: CheckResult) -> float | None:
     """The quantity the tolerance applies to."""
     kind = check_kind(c.check)
+    if "drop" in c.statistic:  # external metrics: the drop in the metric's better direction
+        return c.statistic["drop"]
     if kind in _DROPS:
         return None if c.delta is None else 0.0 - c.delta  # 0.0 - x keeps "no drop" as +0.0
     if kind == "max_refusal_rate_delta":

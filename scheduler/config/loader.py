@@ -146,7 +146,7 @@ def _cross_references(config: Config, lines: _Located, loaded: LoadedConfig) -> 
             if not Path(loaded.resolve(relative)).exists():
                 problems.append((("models", name, *sub), f"file not found: {loaded.resolve(relative)}"))
     for name, suite in config.suites.items():
-        if not Path(loaded.resolve(suite.data)).is_file():
+        if suite.data is not None and not Path(loaded.resolve(suite.data)).is_file():
             problems.append((("suites", name, "data"), f"file not found: {loaded.resolve(suite.data)}"))
         if suite.generation and not Path(loaded.resolve(suite.generation.tokenizer)).is_file():
             problems.append((("suites", name, "generation", "tokenizer"),

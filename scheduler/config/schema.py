@@ -7,10 +7,10 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-RUNNERS = ("onnxruntime", "torch")
+RUNNERS = ("onnxruntime", "torch", "lm-eval")  # lm-eval: an external harness's results (task "external")
 # A custom backend given as "package.module:Class" (a runners.backends.base.Runner subclass).
 PLUGIN_RUNNER = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
-TASKS = ("classification", "generation")
+TASKS = ("classification", "generation", "external")
 CLASSIFICATION_CHECKS = ("max_drop", "max_relative_drop", "min_accuracy", "min_agreement",
                          "max_mean_kl", "max_abs_diff", "max_mean_abs_diff", "min_cosine",
                          # tensor-level, element by element (runners/tensor_checks.py)
@@ -18,7 +18,8 @@ CLASSIFICATION_CHECKS = ("max_drop", "max_relative_drop", "min_accuracy", "min_a
 GENERATION_CHECKS = ("max_refusal_rate_delta", "max_format_drop", "max_exact_match_drop", "min_token_agreement",
                      "max_mean_step_kl")
 CHECK_NAMES = CLASSIFICATION_CHECKS + GENERATION_CHECKS
-CHECKS_BY_TASK = {"classification": CLASSIFICATION_CHECKS, "generation": GENERATION_CHECKS}
+CHECKS_BY_TASK = {"classification": CLASSIFICATION_CHECKS, "generation": GENERATION_CHECKS,
+                  "external": ("max_drop",)}
 # Checks whose limit is a proportion in [0, 1]; the others are non-negative magnitudes.
 PROPORTION_CHECKS = ("max_drop", "max_relative_drop", "min_accuracy", "min_agreement", "min_cosine",
                      "max_refusal_rate_delta", "max_format_drop", "max_exact_match_drop", "min_token_agreement",
@@ -164,8 +165,18 @@ class TensorTolerance(Strict):
     rtol: float = Field(default=0.0, ge=0)
 
 
+class External(Strict):
+    """An external harness's results: read from the artifact paths, or produced by a command."""
+
+    format: Literal["lm-eval"] = "lm-eval"
+    # argv, no shell; "{model}" is the artifact path, "{output}" a fresh folder for its results
+    command: list[Annotated[str, Field(min_length=1)]] | None = Field(default=None, min_length=1)
+    timeout_seconds: float = Field(default=3600, gt=0)
+    metrics: list[str] | None = Field(default=None, min_length=1)  # None: every metric reported
+
+
 class Suite(Strict):
-    data: str = Field(min_length=1)
+    data: str | None = Field(default=None, min_length=1)  # not used by task "external"
     task: Literal[TASKS]  # type: ignore[valid-type]
     slices: list[str] = Field(min_length=1)
     checks: Checks = Field(min_length=1)
@@ -175,12 +186,17 @@ class Suite(Strict):
     insufficient_blocks_gate: bool = False
     output: Literal["logits", "probabilities"] = "logits"
     generation: Generation | None = None  # required for task "generation"
+    external: External | None = None  # required for task "external"
     tolerance: TensorTolerance | None = None  # the element rule of min_within_tolerance
     # Batch sizes production serves the candidate at; every check is judged at each (classification).
     batch_sizes: list[Annotated[int, Field(ge=1, le=1_000_000)]] | None = Field(default=None, min_length=1)
 
     @model_validator(mode="after")
     def fits_the_task(self) -> "Suite":
+        if self.task != "external" and self.data is None:
+            raise ValueError(f"task {self.task!r} needs 'data'")
+        if (self.task == "external") != (self.external is not None):
+            raise ValueError("task 'external' needs an 'external' section, and only it takes one")
         if self.task == "generation" and self.generation is None:
             raise ValueError("task 'generation' needs a 'generation' section (tokenizer, context, max_new_tokens)")
         if self.task != "generation" and self.generation is not None:
