@@ -10,6 +10,7 @@ from runners.backends.base import ArtifactError, Runner
 BACKENDS: dict[str, str] = {
     "onnxruntime": "runners.backends.onnxruntime_runner:OnnxRuntimeRunner",
     "torch": "runners.backends.torch_runner:TorchRunner",
+    "tensorrt": "runners.backends.tensorrt_runner:TensorRTRunner",
 }
 
 

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-RUNNERS = ("onnxruntime", "torch", "lm-eval")  # lm-eval: an external harness's results (task "external")
+RUNNERS = ("onnxruntime", "torch", "tensorrt", "lm-eval")  # lm-eval: an external harness's results (task "external")
 # A custom backend given as "package.module:Class" (a runners.backends.base.Runner subclass).
 PLUGIN_RUNNER = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
 TASKS = ("classification", "generation", "external")
@@ -54,9 +54,18 @@ class TorchOptions(Strict):
     threads: int | None = Field(default=None, ge=1, le=1024)
 
 
+class TensorRTOptions(Strict):
+    device: str = Field(default="cuda:0", pattern=r"^cuda(:\d+)?$")
+    fp16: bool = False
+    max_batch_size: int = Field(default=4096, ge=1, le=1_000_000)
+    workspace_mb: int = Field(default=1024, ge=16)
+    cache_dir: str | None = None  # engines, keyed by GPU model, TensorRT version, model and options
+
+
 class RunnerOptions(Strict):
     onnxruntime: OnnxRuntimeOptions = Field(default_factory=OnnxRuntimeOptions)
     torch: TorchOptions = Field(default_factory=TorchOptions)
+    tensorrt: TensorRTOptions = Field(default_factory=TensorRTOptions)
 
 
 class Placement(Strict):

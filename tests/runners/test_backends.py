@@ -124,3 +124,44 @@ def test_torch_cuda(demo_dir: Path, rows: dict[str, np.ndarray]) -> None:
     with make_runner("torch", demo_dir / "digits-fp32.ts") as r:
         cpu = r.infer_all(rows, 1024)
     np.testing.assert_allclose(gpu, cpu, rtol=1e-3, atol=1e-3)
+
+
+def test_tensorrt_engine_key_changes_with_gpu_tensorrt_model_and_options() -> None:
+    from runners.backends.tensorrt_runner import engine_key
+
+    base = engine_key("onnx-sha", "10.7.0", "NVIDIA H100 80GB HBM3", "9.0", {"fp16": False})
+    assert base == engine_key("onnx-sha", "10.7.0", "NVIDIA H100 80GB HBM3", "9.0", {"fp16": False, "device": "cuda:1"})
+    for changed in (engine_key("onnx-sha2", "10.7.0", "NVIDIA H100 80GB HBM3", "9.0", {"fp16": False}),
+                    engine_key("onnx-sha", "10.8.0", "NVIDIA H100 80GB HBM3", "9.0", {"fp16": False}),
+                    engine_key("onnx-sha", "10.7.0", "NVIDIA L4", "8.9", {"fp16": False}),
+                    engine_key("onnx-sha", "10.7.0", "NVIDIA H100 80GB HBM3", "9.0", {"fp16": True})):
+        assert changed != base
+
+
+def test_tensorrt_without_its_stack_is_a_clear_input_error(demo_dir: Path) -> None:
+    import importlib.util
+
+    import torch
+
+    if importlib.util.find_spec("tensorrt") and torch.cuda.is_available():
+        pytest.skip("TensorRT and a GPU are present: the GPU test covers this runner")
+    with pytest.raises(ArtifactError, match="tensorrt runner needs"):
+        make_runner("tensorrt", demo_dir / "digits-fp32.onnx").activate()
+
+
+@pytest.mark.gpu
+def test_tensorrt_engine_built_cached_and_matching_onnxruntime(demo_dir: Path, rows: dict[str, np.ndarray],
+                                                               tmp_path: Path) -> None:
+    pytest.importorskip("tensorrt")
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    options = {"cache_dir": str(tmp_path), "max_batch_size": 1024}
+    with make_runner("tensorrt", demo_dir / "digits-fp32.onnx", options) as r:
+        built, first = r.engine_cached, r.infer_all(rows, 1024)
+    with make_runner("tensorrt", demo_dir / "digits-fp32.onnx", options) as r:
+        cached, second = r.engine_cached, r.infer_all(rows, 1024)
+    assert (built, cached) == (False, True) and len(list(tmp_path.glob("*.engine"))) == 1
+    np.testing.assert_array_equal(first, second)
+    with make_runner("onnxruntime", demo_dir / "digits-fp32.onnx") as r:
+        np.testing.assert_allclose(first, r.infer_all(rows, 1024), rtol=1e-3, atol=1e-3)
