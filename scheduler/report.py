@@ -75,9 +75,11 @@ def explain_failure(c: CheckResult) -> str:
     kind = check_kind(c.check)
     relation = ">" if kind.startswith("max_") else "<"
     batch = f" at batch size {c.check.split('=', 1)[1]}" if "@batch=" in c.check else ""
-    text = f"{where}{batch}: {_DESCRIBE[kind]} {value:.4f} {relation} tolerance {c.tolerance:g}"
+    metric = c.check.split(":", 1)[1] if ":" in c.check else None  # an external harness's metric
+    described = f"{metric} drop" if metric else _DESCRIBE[kind]
+    text = f"{where}{batch}: {described} {value:.4f} {relation} tolerance {c.tolerance:g}"
     if kind in _RATES or kind == "max_relative_drop":
-        text += f" ({_RATES.get(kind, 'accuracy')} {c.baseline:.3f} -> {c.candidate:.3f}"
+        text += f" ({metric or _RATES.get(kind, 'accuracy')} {c.baseline:.3f} -> {c.candidate:.3f}"
         text += f", McNemar p={c.statistic['mcnemar_p']:.2g})" if "mcnemar_p" in c.statistic else ")"
     elif kind == "min_token_agreement" and "first_divergence_p50" in c.statistic:
         text += (f" (outputs identical to the baseline: {c.statistic['identical_outputs']:.0%}, median first "
@@ -141,7 +143,8 @@ def human(report: ValidationReport, verbose: bool = True) -> str:
         failures = [c for c in result.checks if c.verdict == FAIL]
         for c in failures:
             out.append(f"    FAILED {c.check}: {explain_failure(c)}")
-        if failures and not any(c.dimension == AGGREGATE_DIMENSION for c in failures):
+        judged_aggregate = any(c.dimension == AGGREGATE_DIMENSION for c in result.checks)
+        if failures and judged_aggregate and not any(c.dimension == AGGREGATE_DIMENSION for c in failures):
             regressed = sorted({f"{c.dimension}={c.value}" for c in failures})
             out.append(f"    aggregate within tolerance; regressed slice(s): {', '.join(regressed)}")
         moved = [s for s in result.provenance.get("batch_spread") or () if s["spread"] > 0]

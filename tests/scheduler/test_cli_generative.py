@@ -84,3 +84,36 @@ def test_an_unusable_plot_directory_exits_2_before_running(tmp_path: Path, demo_
     (tmp_path / "file").write_text("x")
     assert main(["validate", "-c", str(config), "--plot", str(tmp_path / "file")]) == 2
     assert "--plot" in capsys.readouterr().err and not (tmp_path / "ledger.db").exists()
+
+
+@pytest.mark.ray
+def test_validate_an_external_harness_suite(tmp_path: Path, ray_local, capsys) -> None:
+    fixtures = Path(__file__).resolve().parent.parent / "fixtures" / "lm_eval"
+    config = tmp_path / "targets.yaml"
+    config.write_text(f"""version: 1
+ledger: sqlite:///{tmp_path / 'ledger.db'}
+targets:
+  gpu-a:
+    runners: [lm-eval]
+models:
+  llm:
+    baseline: {{path: {fixtures / 'results_fp16.json'}, runner: lm-eval}}
+    suites: [harness]
+    candidates:
+      awq-int4:
+        path: {fixtures / 'results_awq_int4.json'}
+        runner: lm-eval
+        quantization: {{method: awq, weight_bits: 4}}
+suites:
+  harness:
+    task: external
+    slices: [task]
+    external: {{format: lm-eval, metrics: [acc]}}
+    checks: {{max_drop: 0.03}}
+""")
+    assert main(["check-config", "-c", str(config)]) == 0
+    capsys.readouterr()
+    assert main(["validate", "-c", str(config), "-q"]) == 1
+    out = capsys.readouterr().out
+    assert "FAILED max_drop:acc: task=mmlu_abstract_algebra: acc drop 0.0900 > tolerance 0.03" in out
+    assert "aggregate within tolerance" not in out
