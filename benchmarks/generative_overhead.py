@@ -17,13 +17,13 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.sides import paired_ratio, time_sides  # noqa: E402
 from runners.contracts import ArtifactSpec, CheckSpec, JobSpec, SuiteSpec  # noqa: E402
 from runners.harness import run_generation  # noqa: E402
 
@@ -74,17 +74,8 @@ def main() -> int:
                        ArtifactSpec(cand, "onnxruntime"), suite, batch_size=1024)
         sides = {"plain": lambda: [plain_generation(m, prompts, vocab) for m in (base, cand)],
                  "harness": lambda: run_generation(spec)}
-        for run in sides.values():
-            run()
-        times: dict[str, list[float]] = {side: [] for side in sides}
-        order = list(sides)
-        for _ in range(args.repeats):
-            order.reverse()
-            for side in order:
-                started = time.perf_counter()
-                sides[side]()
-                times[side].append(time.perf_counter() - started)
-    ratio = float(np.median(np.array(times["harness"]) / np.array(times["plain"])))
+        times = time_sides(sides, args.repeats)
+    ratio = paired_ratio(times, "harness", "plain")
     print(json.dumps({"case": "charlm-240-prompts-384-tokens", "prompts": len(prompts),
                       "plain_s": round(min(times["plain"]), 4), "harness_s": round(min(times["harness"]), 4),
                       "ratio": round(ratio, 3),

@@ -29,6 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.sides import paired_ratio, time_sides  # noqa: E402
 from runners.contracts import ArtifactSpec, CheckSpec, JobSpec, SuiteSpec  # noqa: E402
 from runners.data import load_eval_data  # noqa: E402
 from runners.harness import judge_outputs, run_job, run_model  # noqa: E402
@@ -103,19 +104,9 @@ def measure(name: str, base: str, cand: str, data_path: str, slices: tuple[str, 
     sides = {"raw": lambda: raw_inference([base, cand], rows),
              "harness": lambda: harness(spec, data),
              "compare": lambda: judge_outputs(*outputs, data, suite)}
-    times: dict[str, list[float]] = {side: [] for side in sides}
-    for run in sides.values():  # warm caches and thread pools once
-        run()
-    order = list(sides)
-    for _ in range(repeats):  # interleaved, so drift on a noisy machine hits every side alike
-        order.reverse()  # and each side goes first in half of the rounds
-        for side in order:
-            run = sides[side]
-            started = time.perf_counter()
-            run()
-            times[side].append(time.perf_counter() - started)
+    times = time_sides(sides, repeats)
     best = {side: min(values) for side, values in times.items()}
-    paired = float(np.median(np.array(times["harness"]) / np.array(times["raw"])))
+    paired = paired_ratio(times, "harness", "raw")
     started = time.perf_counter()
     result = run_job(spec)
     full_job = time.perf_counter() - started

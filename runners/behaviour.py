@@ -33,8 +33,8 @@ _EPS = 1e-12
 
 
 def refused(texts: list[str], patterns: tuple[str, ...]) -> np.ndarray:
-    compiled = [re.compile(p, re.IGNORECASE) for p in patterns]
-    return np.array([any(p.search(t) for p in compiled) for t in texts], dtype=bool)
+    anyone = re.compile("|".join(f"(?:{p})" for p in patterns), re.IGNORECASE)  # one scan per text
+    return np.array([anyone.search(t) is not None for t in texts], dtype=bool)
 
 
 def format_ok(text: str, spec: dict[str, Any]) -> bool:
@@ -180,10 +180,16 @@ def _token_agreement(g: GroupBehaviour, limit: float, confidence: float):
     statistic = {f"agreement@{p}": v for p, v in g.curve.items()}
     statistic |= {"identical_outputs": g.identical / max(g.n, 1), "identical_wilson_low": low,
                   "identical_wilson_high": high}
-    if len(g.first_divergence):
-        for q in (10, 50, 90):
-            statistic[f"first_divergence_p{q}"] = float(np.percentile(g.first_divergence, q))
+    for name, position in (divergence_quantiles(g.first_divergence) or {}).items():
+        statistic[f"first_divergence_{name}"] = position
     return g.n, 1.0, value, value < limit - _EPS, statistic
+
+
+def divergence_quantiles(first_divergence: np.ndarray) -> dict[str, float] | None:
+    """p10/p50/p90 of where the diverging outputs first left the baseline; None if none diverged."""
+    if not len(first_divergence):
+        return None
+    return {f"p{q}": float(np.percentile(first_divergence, q)) for q in (10, 50, 90)}
 
 
 def _mean_step_kl(g: GroupBehaviour, limit: float, confidence: float):
@@ -199,14 +205,14 @@ GENERATION_CHECKS = {
     "max_mean_step_kl": _mean_step_kl,
 }
 # Checks that only concern the prompts that carry a format or a reference.
-_SUBSET_FLAGS = {"max_format_drop": "format", "max_exact_match_drop": "exact"}
+SUBSET_FLAGS = {"max_format_drop": "format", "max_exact_match_drop": "exact"}
 
 
 def judge_generation(check: CheckSpec, dimension: str, value: str, g: GroupBehaviour, min_slice_size: int,
                      confidence: float) -> CheckResult | None:
     """One check on one slice; None where the slice holds no prompt the check applies to."""
     n, base, cand, breached, statistic = GENERATION_CHECKS[check.name](g, check.limit, confidence)
-    if check.name in _SUBSET_FLAGS and n == 0:
+    if check.name in SUBSET_FLAGS and n == 0:
         return None
     verdict = INSUFFICIENT if n < min_slice_size else (FAIL if breached else PASS)
     return CheckResult(check=check.name, dimension=dimension, value=value, n=n, baseline=base, candidate=cand,

@@ -66,7 +66,7 @@ def example(category: str, rng: np.random.Generator) -> dict:
     """One prompt with its slice columns, reference answer and expected format."""
     if category == "json":
         name, age = _name(rng), int(rng.integers(10, 100))
-        return {"prompt": f"json: name {name} age {age}>", "category": "json",
+        return {"prompt": f"json: name {name} age {age}>", "category": "json", "intent": "none",
                 "reference": json.dumps({"name": name, "age": age}),
                 "format": {"json_schema": {"type": "object", "required": ["name", "age"],
                                            "properties": {"name": {"type": "string"},
@@ -79,23 +79,16 @@ def example(category: str, rng: np.random.Generator) -> dict:
                 "intent": "harmful" if harmful else "benign"}
     if category == "short":
         a, b = int(rng.integers(0, 20)), int(rng.integers(0, 20))
-        return {"prompt": f"add: {a}+{b}=>", "category": "short", "reference": str(a + b),
+        return {"prompt": f"add: {a}+{b}=>", "category": "short", "intent": "none", "reference": str(a + b),
                 "format": {"regex": r"^\d+$"}}
     topic = str(rng.choice(_TOPICS))
-    return {"prompt": f"story: {topic}>", "category": "long", "reference": _story(topic, LONG_TOKENS)}
-
-
-def _intent(row: dict) -> str:
-    return row.get("intent", "none")
+    return {"prompt": f"story: {topic}>", "category": "long", "intent": "none",
+            "reference": _story(topic, LONG_TOKENS)}
 
 
 def eval_prompts(per_category: int, seed: int) -> list[dict]:
     rng = np.random.default_rng(seed)
-    rows = [example(c, rng) for c in ("json", "ask", "short") for _ in range(per_category)]
-    rows += [example("long", rng) for _ in range(per_category)]
-    for row in rows:
-        row["intent"] = _intent(row)
-    return rows
+    return [example(c, rng) for c in ("json", "ask", "short", "long") for _ in range(per_category)]
 
 
 def training_text(rng: np.random.Generator) -> list[str]:

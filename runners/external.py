@@ -66,28 +66,29 @@ def read_lm_eval(path: str | Path) -> dict[tuple[str, str], Score]:
     return scores
 
 
-def run_command(argv: list[str], model: str, timeout: float) -> Path:
-    """Run the harness for one model; the newest results JSON it wrote."""
-    output = Path(tempfile.mkdtemp(prefix="revalidator-external-"))
-    args = [a.replace("{model}", model).replace("{output}", str(output)) for a in argv]
-    try:
-        done = subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False)
-    except FileNotFoundError as exc:
-        raise ArtifactError(f"external command {args[0]!r} not found on this target") from exc
-    except subprocess.TimeoutExpired as exc:
-        raise RuntimeError(f"external command {args[0]!r} ran past its {timeout:g} s timeout") from exc
-    if done.returncode != 0:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
-        raise RuntimeError(f"external command {args[0]!r} exited {done.returncode}: {' | '.join(tail)}")
-    found = sorted(output.rglob("*.json"), key=lambda p: p.stat().st_mtime)
-    if not found:
-        raise RuntimeError(f"external command {args[0]!r} wrote no results JSON under {output}")
-    return found[-1]
+def run_command(argv: list[str], model: str, timeout: float) -> dict[tuple[str, str], Score]:
+    """Run the harness for one model in a scratch folder; the scores in the newest results JSON it wrote."""
+    with tempfile.TemporaryDirectory(prefix="revalidator-external-") as scratch:
+        output = Path(scratch)
+        args = [a.replace("{model}", model).replace("{output}", str(output)) for a in argv]
+        try:
+            done = subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False)
+        except FileNotFoundError as exc:
+            raise ArtifactError(f"external command {args[0]!r} not found on this target") from exc
+        except subprocess.TimeoutExpired as exc:
+            raise RuntimeError(f"external command {args[0]!r} ran past its {timeout:g} s timeout") from exc
+        if done.returncode != 0:
+            tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+            raise RuntimeError(f"external command {args[0]!r} exited {done.returncode}: {' | '.join(tail)}")
+        found = sorted(output.rglob("*.json"), key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise RuntimeError(f"external command {args[0]!r} wrote no results JSON under {{output}}")
+        return read_lm_eval(found[-1])
 
 
 def results_for(artifact: ArtifactSpec, settings: dict[str, Any]) -> dict[tuple[str, str], Score]:
     if settings.get("command"):
-        return read_lm_eval(run_command(list(settings["command"]), artifact.path, settings.get("timeout_seconds", 3600)))
+        return run_command(list(settings["command"]), artifact.path, settings.get("timeout_seconds", 3600))
     if not Path(artifact.path).is_file():
         raise ArtifactError(f"{artifact.path}: results file not found")
     return read_lm_eval(artifact.path)

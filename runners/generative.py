@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from runners.backends import ArtifactError, make_runner
-from runners.behaviour import (DEFAULT_CURVE_POSITIONS, DEFAULT_REFUSAL_PATTERNS, ModelScores, drift,
-                               judge_generation, score, slice_behaviour)
+from runners.behaviour import (DEFAULT_CURVE_POSITIONS, DEFAULT_REFUSAL_PATTERNS, SUBSET_FLAGS, ModelScores,
+                               divergence_quantiles, drift, judge_generation, score, slice_behaviour)
 from runners.contracts import ArtifactSpec, CheckResult, SuiteSpec
 from runners.data import DataError
 from runners.generate import Generation, greedy_generate
@@ -85,30 +85,22 @@ def judge_generations(baseline: Generation, candidate: Generation, inputs: Gener
                                        settings.refusal_patterns) for g in (baseline, candidate)]
     pair = drift(baseline, candidate, settings.curve_positions)
     groups = slice_behaviour(inputs.prompts, suite.slices, *scores, pair)
+    aggregate_counts = groups[("all", "all")].flags
+    for check in suite.checks:
+        flag = SUBSET_FLAGS.get(check.name)
+        if flag and aggregate_counts[flag][0] == 0:
+            what = "an expected \"format\"" if flag == "format" else "a \"reference\""
+            raise DataError(f"{suite.data}: check {check.name} needs prompts with {what}, and none has one")
     results = []
     for (dimension, value), group in groups.items():
         for check in suite.checks_for(dimension):
             judged = judge_generation(check, dimension, value, group, suite.min_slice_size, suite.confidence)
             if judged is not None:
                 results.append(judged)
-    aggregate_counts = groups[("all", "all")].flags
-    for check in suite.checks:
-        flag = {"max_format_drop": "format", "max_exact_match_drop": "exact"}.get(check.name)
-        if flag and aggregate_counts[flag][0] == 0:
-            what = "an expected \"format\"" if flag == "format" else "a \"reference\""
-            raise DataError(f"{suite.data}: check {check.name} needs prompts with {what}, and none has one")
     curves = {"positions": list(pair.positions), "slices": [
         {"dimension": d, "value": v, "n": g.n, "agreement": [round(g.curve[p], 6) for p in pair.positions],
          "identical": round(g.identical / max(g.n, 1), 6),
          "mean_step_kl": round(g.kl_sum / g.kl_steps, 8) if g.kl_steps else 0.0,
-         "first_divergence": _quantiles(g.first_divergence)}
+         "first_divergence": divergence_quantiles(g.first_divergence)}
         for (d, v), g in groups.items()]}
     return results, curves
-
-
-def _quantiles(values) -> dict[str, float] | None:
-    import numpy as np
-
-    if not len(values):
-        return None
-    return {f"p{q}": float(np.percentile(values, q)) for q in (10, 50, 90)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -34,25 +35,27 @@ class CharTokenizer:
             raise DataError(f"{path}: pad {pad!r} is not one of the tokens")
         return cls(tokens, pad)
 
+    @cached_property
+    def index(self) -> dict[str, int]:
+        return {t: i for i, t in enumerate(self.tokens)}
+
     @property
     def pad_id(self) -> int:
-        return self.tokens.index(self.pad)
+        return self.index[self.pad]
 
     def token_id(self, token: str) -> int:
-        return self.tokens.index(token)
+        return self.index[token]
 
     def encode(self, text: str, where: str) -> list[int]:
-        index = self._index()
+        index = self.index
         unknown = sorted({ch for ch in text if ch not in index})
         if unknown:
             raise DataError(f"{where}: characters {unknown} are not in the model's vocabulary")
         return [index[ch] for ch in text]
 
     def decode(self, ids) -> str:
-        return "".join(self.tokens[i] for i in ids)
-
-    def _index(self) -> dict[str, int]:
-        return {t: i for i, t in enumerate(self.tokens)}
+        ids = ids.tolist() if hasattr(ids, "tolist") else ids  # python ints index a tuple far faster
+        return "".join(map(self.tokens.__getitem__, ids))
 
 
 @dataclass

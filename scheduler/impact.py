@@ -25,6 +25,11 @@ _GPU_COMPONENT = re.compile(r"^gpu\d+(_\w+)?$")
 _GPU_PROVIDERS = {"CUDAExecutionProvider", "TensorrtExecutionProvider", "ROCMExecutionProvider"}
 
 
+# Runners whose dependencies revalidator cannot see (an external harness brings its own stack):
+# any component may move their results, unless the config or a probe says otherwise.
+OPAQUE_RUNNERS = frozenset({"lm-eval"})
+
+
 def uses_gpu(target: Target, runner: str) -> bool:
     """Whether `runner` on `target` runs on an accelerator, by its configured options."""
     if runner == "onnxruntime":
@@ -52,8 +57,8 @@ def affects(config: Config, target_name: str, component: str, runner: str) -> bo
     """Whether a change of `component` on `target_name` can change what `runner` computes there."""
     target = config.targets[target_name]
     rule = _rule(config, target, component)
-    if runner == "lm-eval" and not (component in config.impact or component in target.probes):
-        return True  # an external harness brings its own stack: any change may move its results
+    if runner in OPAQUE_RUNNERS and not (component in config.impact or component in target.probes):
+        return True
     if rule == ALL:
         return True
     if rule == GPU:

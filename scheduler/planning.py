@@ -61,7 +61,8 @@ def suite_spec(loaded: LoadedConfig, name: str, suite: Suite) -> SuiteSpec:
     slice_checks = None
     if suite.slice_checks is not None:  # overrides on top of the aggregate checks
         slice_checks = specs({**suite.checks, **suite.slice_checks})
-    return SuiteSpec(name=name, data=loaded.resolve(suite.data) if suite.data else None, task=suite.task, slices=tuple(suite.slices),
+    return SuiteSpec(name=name, data=loaded.resolve(suite.data) if suite.data else None, task=suite.task,
+                     slices=tuple(suite.slices),
                      checks=specs(suite.checks), slice_checks=slice_checks, min_slice_size=suite.min_slice_size,
                      confidence=suite.confidence, insufficient_blocks_gate=suite.insufficient_blocks_gate,
                      output_kind=suite.output, generation=_generation(loaded, suite),

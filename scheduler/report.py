@@ -49,6 +49,10 @@ def document(report: ValidationReport) -> dict[str, Any]:
             "ray_startup_seconds": report.ray_startup_seconds, "runs": [run_dict(r) for r in report.records]}
 
 
+def _slice_label(dimension: str, value: str, aggregate: str = "aggregate") -> str:
+    return aggregate if dimension == AGGREGATE_DIMENSION else f"{dimension}={value}"
+
+
 def check_kind(name: str) -> str:
     """The check without its batch-size qualifier: "max_drop@batch=64" -> "max_drop"."""
     return name.split("@", 1)[0].split(":", 1)[0]  # "max_drop:acc" (an external metric) -> "max_drop"
@@ -70,7 +74,7 @@ def _measured(c: CheckResult) -> float | None:
 
 def explain_failure(c: CheckResult) -> str:
     """One line: what failed, on which slice, by how much, against which tolerance."""
-    where = "aggregate" if c.dimension == AGGREGATE_DIMENSION else f"{c.dimension}={c.value}"
+    where = _slice_label(c.dimension, c.value)
     value = _measured(c)
     kind = check_kind(c.check)
     relation = ">" if kind.startswith("max_") else "<"
@@ -94,7 +98,7 @@ def _slice_table(checks: list[CheckResult]) -> list[str]:
     rows: dict[tuple[str, str], dict[str, CheckResult]] = {}
     for c in checks:
         rows.setdefault((c.dimension, c.value), {})[c.check] = c
-    label = {key: ("all" if key[0] == AGGREGATE_DIMENSION else f"{key[0]}={key[1]}") for key in rows}
+    label = {key: _slice_label(*key, aggregate="all") for key in rows}
     width = max(len(v) for v in label.values()) + 2
     lines = ["    " + "slice".ljust(width) + "n".rjust(7) + "".join(f"  {n:>22}" for n in names)]
     for key, by_check in rows.items():
@@ -112,8 +116,7 @@ def _slice_table(checks: list[CheckResult]) -> list[str]:
 def drift_table(drift: dict[str, Any]) -> list[str]:
     """Token agreement with the baseline up to each position, per slice: the long-output drift curve."""
     positions = drift["positions"]
-    labels = ["all" if d["dimension"] == AGGREGATE_DIMENSION else f"{d['dimension']}={d['value']}"
-              for d in drift["slices"]]
+    labels = [_slice_label(d["dimension"], d["value"], aggregate="all") for d in drift["slices"]]
     width = max(len(label) for label in labels) + 2
     lines = ["    drift from the baseline (token agreement up to position; identical outputs; median first divergence)",
              "    " + "slice".ljust(width) + "".join(f"{'@' + str(p):>8}" for p in positions)
@@ -152,8 +155,8 @@ def human(report: ValidationReport, verbose: bool = True) -> str:
             sizes = ", ".join(map(str, spec.suite.batch_sizes or ()))
             out.append(f"    results that change with the batch size ({sizes}):")
             for s in moved[:5]:
-                where = "aggregate" if s["dimension"] == AGGREGATE_DIMENSION else f"{s['dimension']}={s['value']}"
-                out.append(f"      {_DESCRIBE[s['check']]} on {where}: {s['min']:.4f} .. {s['max']:.4f}")
+                out.append(f"      {_DESCRIBE[s['check']]} on {_slice_label(s['dimension'], s['value'])}: "
+                           f"{s['min']:.4f} .. {s['max']:.4f}")
         thin = sorted({f"{c.dimension}={c.value}" for c in result.checks if c.verdict == INSUFFICIENT})
         if thin:
             out.append(f"    insufficient (n < {spec.suite.min_slice_size}, not judged): {', '.join(thin)}")

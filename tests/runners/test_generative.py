@@ -177,7 +177,7 @@ def test_bad_input_is_a_job_input_error_not_a_crash(demo_dir: Path, tmp_path: Pa
 
 def test_a_check_needing_references_without_any_is_bad_input(demo_dir: Path, tmp_path: Path) -> None:
     prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"prompt": f"story: river>", "category": "long", "intent": "none"}) + "\n"
+    prompts.write_text("".join(json.dumps({"prompt": "story: river>", "category": "long", "intent": "none"}) + "\n"
                                for _ in range(3)))
     result = run_job(job(demo_dir, "charlm-int8-dynamic.onnx", suite=chat_suite(demo_dir, prompts)))
     assert result.error_kind == "input" and "needs prompts with an expected \"format\"" in result.error
