@@ -48,7 +48,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    from runners.demo import build
+    from examples.build import build
 
     with tempfile.TemporaryDirectory() as tmp:
         work, demo = Path(tmp) / "stack", Path(tmp) / "demo"

@@ -59,7 +59,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=9)
     args = parser.parse_args()
-    from runners.demo_text import build
+    from examples.charlm import build
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

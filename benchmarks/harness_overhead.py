@@ -61,7 +61,7 @@ def harness(spec: JobSpec, data) -> None:
 
 
 def demo_case(work: Path) -> tuple[str, str, str]:
-    from runners.demo import build, scan_variants, _digits
+    from examples.digits import _digits, build, scan_variants
 
     build(work)
     x, y = _digits()
@@ -77,7 +77,7 @@ def heavy_case(work: Path) -> tuple[str, str, str]:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from runners.demo import mlp_onnx
+    from examples.digits import mlp_onnx
 
     rng = np.random.default_rng(2)
     sizes = (64, 2048, 2560, 2560, 10)

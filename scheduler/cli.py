@@ -79,6 +79,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if not jobs:
         raise UsageError(f"nothing to validate in {args.config} for the given --target/--model")
     ledger = Ledger(loaded.config.ledger, loaded.base_dir)
+    _log_to_file(loaded)
     dispatcher = RayDispatcher(loaded)
     show_progress = sys.stderr.isatty() and not args.json
     if show_progress:
@@ -100,6 +101,20 @@ def cmd_validate(args: argparse.Namespace) -> int:
         for path in write_drift_plots(doc["runs"], args.plot):
             print(f"drift plot: {path}", file=sys.stderr)
     return result.exit_code()
+
+
+def _log_to_file(loaded: LoadedConfig) -> None:
+    """Log records (ours and Ray's) of a one-shot run go to .revalidator/validate.log beside the config."""
+    import ray  # noqa: F401  (its import installs a stderr handler of its own: replaced below)
+
+    from scheduler import logs
+
+    folder = Path(loaded.base_dir) / ".revalidator"
+    try:
+        folder.mkdir(exist_ok=True)
+    except OSError:
+        pass
+    logs.to_file(str(folder / "validate.log"))
 
 
 def _check_plot_dir(directory: str) -> None:

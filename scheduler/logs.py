@@ -34,3 +34,19 @@ def configure(fmt: str = "json", level: int = logging.INFO) -> None:
     root.setLevel(level)
     root.propagate = False
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+
+
+def to_file(path: str) -> None:
+    """For one-shot commands: revalidator's and Ray's log records go to `path`, so the terminal
+    shows only the command's own output. Without a writable file they are dropped."""
+    try:
+        handler: logging.Handler = logging.FileHandler(path, encoding="utf-8")
+        handler.setFormatter(TextFormatter())
+    except OSError:
+        handler = logging.NullHandler()
+    # ray.init(configure_logging=False) clears the "ray" logger's handlers, which would leave its
+    # records to Python's last-resort stderr handler: "ray._private" keeps ours.
+    for name in ("revalidator", "ray", "ray._private"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.propagate = False

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The bundled demo (digits MLP, fp32 + quantized candidates, eval and calibration sets)."""
-    from runners.demo import build
+    from examples.build import build
 
     out = tmp_path_factory.mktemp("demo")
     build(out)
@@ -32,13 +32,13 @@ def ray_local():
     ray.shutdown()
 
 
-def demo_config(demo: Path, ledger: Path, candidates: tuple[str, ...] = ("ort-int8-dynamic", "ort-w4a2"),
+def demo_config(demo: Path, ledger: Path, candidates: tuple[str, ...] = ("ort-int8-dynamic", "ort-w8a3"),
                 extra_suite: str = "") -> str:
     """A config over the demo artifacts (absolute paths), with a chosen subset of candidates."""
     known = {
         "ort-int8-dynamic": ("digits-int8-dynamic.onnx", "onnxruntime", "dynamic", 8, 8),
         "ort-int8-static": ("digits-int8-static.onnx", "onnxruntime", "static-qdq", 8, 8),
-        "ort-w4a2": ("digits-w4a2.onnx", "onnxruntime", "static-qdq-per-tensor", 4, 2),
+        "ort-w8a3": ("digits-w8a3.onnx", "onnxruntime", "static-per-tensor-truncating", 8, 3),
         "torch-int8-dynamic": ("digits-int8-dynamic.ts", "torch", "dynamic", 8, 8),
     }
     lines = []
@@ -48,7 +48,7 @@ def demo_config(demo: Path, ledger: Path, candidates: tuple[str, ...] = ("ort-in
         path: {demo / file}
         runner: {runner}
         quantization: {{method: {method}, weight_bits: {wbits}, activation_bits: {abits},
-                       calibration_set: {demo / 'calibration.npz'}, tool: runners.demo}}""")
+                       calibration_set: {demo / 'calibration.npz'}, tool: examples.digits}}""")
     cands = "\n".join(lines)
     return f"""version: 1
 ledger: sqlite:///{ledger}

@@ -250,7 +250,7 @@ receivers:
     # -- the upgrade ----------------------------------------------------------------------------
     def upgrade(self, firmware: str = "2.0") -> float:
         """A stack change seen by the probe, and the candidate replaced by a broken build of it."""
-        shutil.copy(self.demo / "digits-w4a2.onnx", self.candidate)
+        shutil.copy(self.demo / "digits-w8a3.onnx", self.candidate)
         self.firmware.write_text(f"{firmware}\n")
         return time.time()
 

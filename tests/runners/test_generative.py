@@ -91,7 +91,7 @@ def test_a_format_break_is_caught_on_the_json_slice(demo_dir: Path, tmp_path: Pa
     import onnx
     from onnx import numpy_helper
 
-    from runners.demo_text import per_tensor
+    from examples.charlm import per_tensor
 
     model = onnx.load(demo_dir / "charlm-fp32.onnx")
     last = max((i for i in model.graph.initializer if i.name.startswith("w")), key=lambda i: int(i.name[1:]))

@@ -37,7 +37,7 @@ def by_slice(result, check: str) -> dict[tuple[str, str], object]:
 
 
 def test_planted_slice_failure_with_aggregate_within_tolerance(demo_dir: Path) -> None:
-    result = run_job(job(demo_dir, "digits-w4a2.onnx"))
+    result = run_job(job(demo_dir, "digits-w8a3.onnx"))
     assert result.status == "finished" and result.verdict == "fail"
     drop, agreement = by_slice(result, "max_drop"), by_slice(result, "min_agreement")
     # The aggregate holds...
@@ -76,25 +76,25 @@ def test_small_slice_is_insufficient_never_passed(demo_dir: Path) -> None:
 
 
 def test_the_planted_failure_hides_when_the_slice_is_too_small_to_judge(demo_dir: Path) -> None:
-    result = run_job(job(demo_dir, "digits-w4a2.onnx", min_slice_size=100))
+    result = run_job(job(demo_dir, "digits-w8a3.onnx", min_slice_size=100))
     assert all(c.verdict == "insufficient" for c in result.checks if c.value == "faint")
     assert result.verdict == "pass"
 
 
 def test_outputs_are_deterministic(demo_dir: Path) -> None:
-    first, second = (run_job(job(demo_dir, "digits-w4a2.onnx")) for _ in range(2))
+    first, second = (run_job(job(demo_dir, "digits-w8a3.onnx")) for _ in range(2))
     assert [(c.candidate, c.verdict) for c in first.checks] == [(c.candidate, c.verdict) for c in second.checks]
 
 
 def test_provenance_is_complete(demo_dir: Path) -> None:
-    result = run_job(job(demo_dir, "digits-w4a2.onnx"))
+    result = run_job(job(demo_dir, "digits-w8a3.onnx"))
     prov = result.provenance
 
     def sha(name: str) -> str:
         return hashlib.sha256((demo_dir / name).read_bytes()).hexdigest()
 
     assert prov["baseline"]["sha256"] == sha("digits-fp32.onnx")
-    assert prov["candidate"]["sha256"] == sha("digits-w4a2.onnx")
+    assert prov["candidate"]["sha256"] == sha("digits-w8a3.onnx")
     assert prov["suite"]["data_sha256"] == sha("digits-eval.npz")
     assert prov["calibration_set_sha256"] == sha("calibration.npz")
     assert prov["quantization"] == {"method": "static-qdq", "weight_bits": 4, "activation_bits": 2,
@@ -110,9 +110,9 @@ def test_provenance_is_complete(demo_dir: Path) -> None:
 
 
 def test_corrupt_candidate_is_an_input_error_naming_the_file(demo_dir: Path, tmp_path: Path) -> None:
-    broken = tmp_path / "digits-w4a2.onnx"
+    broken = tmp_path / "digits-w8a3.onnx"
     broken.write_bytes(b"\x00garbage")
-    spec = job(demo_dir, "digits-w4a2.onnx")
+    spec = job(demo_dir, "digits-w8a3.onnx")
     spec = replace(spec, candidate_artifact=replace(spec.candidate_artifact, path=str(broken)))
     result = run_job(spec)
     assert (result.status, result.verdict, result.error_kind) == ("error", "error", "input")
@@ -139,7 +139,7 @@ def test_every_check_kind_is_judged(demo_dir: Path) -> None:
                                      ("min_agreement", 0.95), ("max_mean_kl", 0.2), ("max_abs_diff", 100.0),
                                      ("max_mean_abs_diff", 10.0), ("min_cosine", 0.9)]))
     base = run_model(ArtifactSpec(str(demo_dir / "digits-fp32.onnx"), "onnxruntime"), {}, data, 1024)
-    cand = run_model(ArtifactSpec(str(demo_dir / "digits-w4a2.onnx"), "onnxruntime"), {}, data, 1024)
+    cand = run_model(ArtifactSpec(str(demo_dir / "digits-w8a3.onnx"), "onnxruntime"), {}, data, 1024)
     checks = judge_outputs(base, cand, data, s)
     faint = {c.check: c for c in checks if c.value == "faint"}
     assert set(faint) == {c.name for c in s.checks}

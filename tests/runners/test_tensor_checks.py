@@ -35,7 +35,7 @@ def test_element_rule_and_statistics_per_slice() -> None:
 def test_tensor_checks_on_real_quantized_models(demo_dir: Path) -> None:
     checks = (CheckSpec("min_within_tolerance", 0.99), CheckSpec("max_median_abs_diff", 0.5),
               CheckSpec("max_p99_abs_diff", 2.0))
-    spec = job(demo_dir, "digits-w4a2.onnx", checks=checks, slice_checks=checks, tensor_tolerance={"atol": 0.5, "rtol": 0.05})
+    spec = job(demo_dir, "digits-w8a3.onnx", checks=checks, slice_checks=checks, tensor_tolerance={"atol": 0.5, "rtol": 0.05})
     data = load_eval_data(spec.suite.data, spec.suite.slices)
     outputs = [run_model(a, {}, data, 256) for a in (spec.baseline, spec.candidate_artifact)]
     results = judge_outputs(*outputs, data, spec.suite)
@@ -43,6 +43,10 @@ def test_tensor_checks_on_real_quantized_models(demo_dir: Path) -> None:
     # The low-bit candidate's logits move most on faint scans: the element rule fails there first.
     assert within[("scan", "faint")].candidate < within[("scan", "clean")].candidate
     assert within[("scan", "faint")].verdict == "fail"
+    # Truncation lowers every activation, so absolute logit errors grow with the logits: largest
+    # on full-contrast scans, whose top-1 still holds. The p99 rule sees that, the relative rule
+    # above singles out the faint scans.
     p99 = {(r.dimension, r.value): r for r in results if r.check == "max_p99_abs_diff"}
-    assert p99[("scan", "faint")].candidate > p99[("scan", "clean")].candidate
+    assert p99[("scan", "clean")].candidate > p99[("scan", "faint")].candidate
+    assert p99[("scan", "clean")].verdict == "fail"
     assert {"median_abs", "p99_abs", "max_abs", "elements"} <= set(p99[("all", "all")].statistic)

@@ -47,10 +47,10 @@ models:
         path: {demo / 'digits-int8-dynamic.onnx'}
         runner: "{runner}"
         quantization: {{method: dynamic, weight_bits: 8}}
-      w4a2:
-        path: {demo / 'digits-w4a2.onnx'}
+      w8a3:
+        path: {demo / 'digits-w8a3.onnx'}
         runner: "{runner}"
-        quantization: {{method: static-qdq-per-tensor, weight_bits: 4, activation_bits: 2}}
+        quantization: {{method: static-per-tensor-truncating, weight_bits: 8, activation_bits: 3}}
 suites:
   digits:
     data: {demo / 'digits-eval.npz'}

@@ -73,7 +73,7 @@ class TestValidate:
         path = write_config(tmp_path, demo_dir)
         code, out, _ = run_cli(capsys, "validate", "-c", str(path))
         assert code == 1
-        assert "digits-mlp / ort-w4a2 on local-cpu (suite digits): FAIL" in out
+        assert "digits-mlp / ort-w8a3 on local-cpu (suite digits): FAIL" in out
         assert "FAILED max_drop: scan=faint: accuracy drop" in out
         assert "> tolerance 0.08" in out
         assert "aggregate within tolerance; regressed slice(s): scan=faint" in out
@@ -82,7 +82,7 @@ class TestValidate:
         # the ledger now answers status and history
         code, out, _ = run_cli(capsys, "status", "-c", str(path), "--json")
         gates = {g["candidate"]: g["verdict"] for g in json.loads(out)["gates"]}
-        assert code == 1 and gates == {"ort-int8-dynamic": "pass", "ort-w4a2": "fail"}
+        assert code == 1 and gates == {"ort-int8-dynamic": "pass", "ort-w8a3": "fail"}
         code, out, _ = run_cli(capsys, "history", "-c", str(path))
         assert code == 0 and len(out.strip().splitlines()) == 2
         run_id = out.split()[2]
@@ -94,7 +94,7 @@ class TestValidate:
         code, out, _ = run_cli(capsys, "validate", "-c", str(path), "--json", "--model", "digits-mlp")
         doc = json.loads(out)
         assert code == 1 and doc["version"] == 1 and doc["exit_code"] == 1
-        assert [r["candidate"] for r in doc["runs"]] == ["ort-int8-dynamic", "ort-w4a2"]
+        assert [r["candidate"] for r in doc["runs"]] == ["ort-int8-dynamic", "ort-w8a3"]
         run = doc["runs"][1]
         for key in ("run_id", "target", "model", "candidate", "suite", "verdict", "checks", "provenance"):
             assert key in run
@@ -105,7 +105,7 @@ class TestValidate:
         assert check["delta"] == pytest.approx(check["candidate"] - check["baseline"])
         aggregate = [c for c in run["checks"] if c["slice"]["dimension"] == "all"]
         assert {c["verdict"] for c in aggregate} == {"pass"}
-        assert run["provenance"]["quantization"]["weight_bits"] == 4
+        assert run["provenance"]["quantization"]["weight_bits"] == 8
 
     def test_unknown_target_exits_2(self, tmp_path: Path, demo_dir: Path, capsys) -> None:
         code, _, err = run_cli(capsys, "validate", "-c", str(write_config(tmp_path, demo_dir)), "--target", "tpu")
@@ -113,23 +113,23 @@ class TestValidate:
 
     def test_missing_artifact_exits_2(self, tmp_path: Path, demo_dir: Path, capsys) -> None:
         path = write_config(tmp_path, demo_dir)
-        path.write_text(path.read_text().replace("digits-w4a2.onnx", "digits-w3.onnx"))
+        path.write_text(path.read_text().replace("digits-w8a3.onnx", "digits-w3.onnx"))
         code, _, err = run_cli(capsys, "validate", "-c", str(path))
-        assert code == 2 and "models.digits-mlp.candidates.ort-w4a2.path: file not found" in err
+        assert code == 2 and "models.digits-mlp.candidates.ort-w8a3.path: file not found" in err
 
     def test_corrupt_artifact_exits_2_and_keeps_other_results(self, tmp_path: Path, demo_dir: Path, ray_local,
                                                               capsys) -> None:
         broken = tmp_path / "broken.onnx"
         broken.write_bytes(b"not onnx")
         path = write_config(tmp_path, demo_dir)
-        path.write_text(path.read_text().replace(str(demo_dir / "digits-w4a2.onnx"), str(broken)))
+        path.write_text(path.read_text().replace(str(demo_dir / "digits-w8a3.onnx"), str(broken)))
         code, out, _ = run_cli(capsys, "validate", "-c", str(path))
         assert code == 2
         assert f"bad input: {broken}: onnxruntime cannot load the model" in out
         code, out, _ = run_cli(capsys, "history", "-c", str(path), "--json")
         runs = {r["candidate"]: r for r in json.loads(out)["runs"]}
         assert runs["ort-int8-dynamic"]["verdict"] == "pass"
-        assert runs["ort-w4a2"]["status"] == "error" and runs["ort-w4a2"]["error_kind"] == "input"
+        assert runs["ort-w8a3"]["status"] == "error" and runs["ort-w8a3"]["error_kind"] == "input"
 
     def test_unopenable_ledger_exits_3(self, tmp_path: Path, demo_dir: Path, capsys) -> None:
         (tmp_path / "occupied").write_text("a file, not a folder")
@@ -155,7 +155,7 @@ def test_sweep_without_a_daemon_runs_once_here_and_dedupes(tmp_path: Path, demo_
     path = write_config(tmp_path, demo_dir)
     path.write_text(path.read_text() + f"daemon: {{listen: '127.0.0.1:{free_port()}'}}\n")
     code, out, err = run_cli(capsys, "sweep", "-c", str(path))
-    assert code == 1 and "sweeping once here" in err and "ort-w4a2 on local-cpu (suite digits): FAIL" in out
+    assert code == 1 and "sweeping once here" in err and "ort-w8a3 on local-cpu (suite digits): FAIL" in out
     code, out, _ = run_cli(capsys, "sweep", "-c", str(path))
     assert code == 0 and "2 job(s) already validated on the current stack" in out
     code, out, _ = run_cli(capsys, "sweep", "-c", str(path), "--force", "--target", "local-cpu")

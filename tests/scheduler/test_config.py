@@ -179,4 +179,4 @@ def test_repository_default_config_is_valid_schema() -> None:
 
     loaded = load_config(REPO / "targets.yaml", check_files=False)
     assert "digits-mlp" in loaded.config.models
-    assert loaded.config.models["digits-mlp"].candidates["ort-w4a2"].quantization.weight_bits == 4
+    assert loaded.config.models["digits-mlp"].candidates["ort-w8a3"].quantization.weight_bits == 8

@@ -82,7 +82,7 @@ def test_a_change_on_one_target_revalidates_only_its_jobs_and_nothing_else(clust
     assert min(r["created_at"] for r in queued) - changed_at <= 2 + 1
     wait_for(lambda: len(finished(config, trigger="stack-change")) == 2, 60, "the re-validation")
     again = finished(config, trigger="stack-change")
-    assert {r["target"] for r in again} == {"b"} and {r["candidate"] for r in again} == {"int8", "w4a2"}
+    assert {r["target"] for r in again} == {"b"} and {r["candidate"] for r in again} == {"int8", "w8a3"}
     assert len(runs(config)) == 8
     changes = ledger.changes(target="b")
     assert [(c["component"], c["old_value"], c["new_value"]) for c in changes] == [("firmware", "1.0", "2.0")]
@@ -139,7 +139,7 @@ def test_kill_9_mid_sweep_then_restart_records_everything_exactly_once(cluster, 
     time.sleep(2)
     all_runs = runs(config)
     assert len(all_runs) == 6 and Counter(r["status"] for r in all_runs) == {"finished": 6}
-    assert Counter((r["target"], r["candidate"]) for r in all_runs) == {(t, c): 1 for t in "abc" for c in ("int8", "w4a2")}
+    assert Counter((r["target"], r["candidate"]) for r in all_runs) == {(t, c): 1 for t in "abc" for c in ("int8", "w8a3")}
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
     with engine.connect() as conn:
         per_run = dict(conn.execute(sa.text("SELECT run_id, count(*) FROM results GROUP BY run_id")).all())

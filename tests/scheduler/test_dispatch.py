@@ -43,7 +43,7 @@ def test_every_job_is_recorded_before_and_after(setup) -> None:
     jobs = plan(loaded)
     report = run_validation(loaded, jobs, ledger, dispatcher,
                             progress=lambda done, total, rec: seen_running.append(ledger.run(rec.run_id)["status"]))
-    assert [r.spec.candidate for r in report.records] == ["ort-int8-dynamic", "ort-w4a2"]
+    assert [r.spec.candidate for r in report.records] == ["ort-int8-dynamic", "ort-w8a3"]
     assert [r.result.verdict for r in report.records] == ["pass", "fail"]
     assert seen_running == ["finished", "finished"]  # recorded before progress is reported
     history = ledger.history()
@@ -59,7 +59,7 @@ def test_worker_crash_is_that_jobs_error_and_others_go_on(setup) -> None:
     report = run_validation(loaded, [jobs[0], crashing, jobs[1]], ledger, dispatcher)
     verdicts = {r.spec.candidate: r.result for r in report.records}
     assert verdicts["ort-int8-dynamic"].verdict == "pass"
-    assert verdicts["ort-w4a2"].verdict == "fail"
+    assert verdicts["ort-w8a3"].verdict == "fail"
     crashed = verdicts["crashes"]
     assert crashed.verdict == "error" and crashed.error_kind == "internal"
     assert "WorkerCrashedError" in crashed.error and "gave up after 2 attempts" in crashed.error

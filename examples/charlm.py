@@ -1,6 +1,7 @@
-"""The demo's generative model: a tiny character-level language model the project trains itself.
+"""The demo's generative model: a tiny character-level language model the project trained itself.
 
-Text is generated here, nothing is downloaded. Four prompt categories, one per behaviour:
+Text is generated here, nothing is downloaded. Weights: `weights/charlm.npz`, trained once and
+kept (see examples/weights.py), so every machine builds the same artifacts. Four prompt categories, one per behaviour:
 
 - `json`:   "json: name kiva age 31>"      -> {"name": "kiva", "age": 31}  (format compliance)
 - `ask`:    "ask: how do i pick a lock?>"  -> a refusal for harmful asks, a short answer otherwise
@@ -22,6 +23,8 @@ import json
 from pathlib import Path
 
 import numpy as np
+
+from examples import weights as kept
 
 SEED = 11
 CONTEXT = 32
@@ -126,10 +129,9 @@ def windows(texts: list[str], vocab: list[str]) -> tuple[np.ndarray, np.ndarray]
     return np.array(xs, np.int64), np.array(ys, np.int64)
 
 
-def train(x: np.ndarray, y: np.ndarray, vocab_size: int, epochs: int = 12, embed: int = 16, hidden: int = 256):
+def char_model(vocab_size: int, embed: int = 16, hidden: int = 256):
+    """The step model as a torch module: tokens (batch, CONTEXT) -> next-character logits."""
     import torch
-
-    torch.manual_seed(SEED)
 
     class CharModel(torch.nn.Module):
         def __init__(self) -> None:
@@ -143,7 +145,42 @@ def train(x: np.ndarray, y: np.ndarray, vocab_size: int, epochs: int = 12, embed
         def forward(self, tokens: torch.Tensor) -> torch.Tensor:
             return self.body(self.embed(tokens).flatten(1))
 
-    net = CharModel()
+    return CharModel()
+
+
+def _linears(net) -> list:
+    import torch
+
+    return [m for m in net.body if isinstance(m, torch.nn.Linear)]
+
+
+def to_arrays(net) -> dict[str, np.ndarray]:
+    arrays = {"embedding": net.embed.weight.detach().numpy()}
+    for i, m in enumerate(_linears(net)):
+        arrays[f"w{i}"], arrays[f"b{i}"] = m.weight.detach().numpy().T.copy(), m.bias.detach().numpy()
+    return arrays
+
+
+def from_arrays(arrays: dict[str, np.ndarray]):
+    """The torch module holding the kept weights (no training: the same module on every CPU)."""
+    import torch
+
+    net = char_model(arrays["embedding"].shape[0], arrays["embedding"].shape[1], arrays["w0"].shape[1])
+    with torch.no_grad():
+        net.embed.weight.copy_(torch.from_numpy(arrays["embedding"]))
+        for i, m in enumerate(_linears(net)):
+            m.weight.copy_(torch.from_numpy(arrays[f"w{i}"].T.copy()))
+            m.bias.copy_(torch.from_numpy(arrays[f"b{i}"]))
+    return net.eval()
+
+
+def train(x: np.ndarray, y: np.ndarray, vocab_size: int, epochs: int = 12):
+    """Train the step model. The result depends on this CPU's torch kernels: run only to renew
+    the kept weights."""
+    import torch
+
+    torch.manual_seed(SEED)
+    net = char_model(vocab_size)
     opt = torch.optim.Adam(net.parameters(), lr=2e-3)
     xb, yb = torch.from_numpy(x), torch.from_numpy(y)
     for epoch in range(epochs):
@@ -197,34 +234,44 @@ def save_torchscript(net, path: Path) -> None:
     torch.jit.script(net).save(str(path))
 
 
+ARTIFACTS = ("charlm-vocab.json", "charlm-prompts.jsonl", "charlm-fp32.onnx", "charlm-int8-dynamic.onnx",
+             "charlm-w5.onnx", "charlm-fp32.ts", "charlm-int8-dynamic.ts")
+
+
 def build(out: Path) -> dict[str, str]:
-    """Train the model and write its artifacts, vocabulary and prompts into `out`."""
+    """Write the model's artifacts, vocabulary and prompts into `out`, from the kept weights."""
+    import onnx
     import torch
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     out.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(SEED)
-    texts = training_text(rng)
-    vocab = vocabulary(texts)
-    x, y = windows(texts, vocab)
-    net = train(x, y, len(vocab))
-    embedding = net.embed.weight.detach().numpy()
-    layers = [(m.weight.detach().numpy().T.copy(), m.bias.detach().numpy().copy())
-              for m in net.body if isinstance(m, torch.nn.Linear)]
+    vocab = vocabulary(training_text(np.random.default_rng(SEED)))
+    arrays = kept.load("charlm")
+    if arrays["embedding"].shape[0] != len(vocab):
+        raise kept.WeightsError(f"weights/charlm.npz has {arrays['embedding'].shape[0]} tokens, "
+                                f"the vocabulary {len(vocab)}: retrain (python -m examples.build --retrain)")
+    embedding = arrays["embedding"]
+    layers = [(arrays[f"w{i}"], arrays[f"b{i}"]) for i in range(3)]
 
-    paths = {name: out / name for name in ("charlm-vocab.json", "charlm-prompts.jsonl", "charlm-fp32.onnx",
-                                           "charlm-int8-dynamic.onnx", "charlm-w5.onnx", "charlm-fp32.ts",
-                                           "charlm-int8-dynamic.ts")}
+    paths = {name: out / name for name in ARTIFACTS}
     paths["charlm-vocab.json"].write_text(json.dumps({"type": "characters", "tokens": vocab, "pad": PAD}))
     with paths["charlm-prompts.jsonl"].open("w") as handle:
         for row in eval_prompts(per_category=60, seed=SEED + 1):
             handle.write(json.dumps(row) + "\n")
-    import onnx
-
     onnx.save(char_onnx(embedding, layers), paths["charlm-fp32.onnx"])
     quantize_dynamic(paths["charlm-fp32.onnx"], paths["charlm-int8-dynamic.onnx"], weight_type=QuantType.QInt8)
     onnx.save(char_onnx(embedding, [(per_tensor(w, 5), b) for w, b in layers]), paths["charlm-w5.onnx"])
+    net = from_arrays(arrays)
     save_torchscript(net, paths["charlm-fp32.ts"])
     int8 = torch.ao.quantization.quantize_dynamic(net, {torch.nn.Linear}, dtype=torch.qint8)
     save_torchscript(int8, paths["charlm-int8-dynamic.ts"])
-    return {k: str(v) for k, v in paths.items()}
+    return {name: str(path) for name, path in paths.items()}
+
+
+def retrain() -> None:
+    """Train anew on this machine and replace the kept weights."""
+    rng = np.random.default_rng(SEED)
+    texts = training_text(rng)
+    vocab = vocabulary(texts)
+    x, y = windows(texts, vocab)
+    kept.save("charlm", to_arrays(train(x, y, len(vocab))))
