@@ -16,11 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from runners.contracts import FAIL, INSUFFICIENT, PASS, CheckResult, CheckSpec
+from runners.contracts import CheckResult, CheckSpec
 from runners.generate import Generation
 from runners.metrics import row_metrics
 from runners.stats import mcnemar_p, wilson_interval
 from runners.text import PromptSet
+from runners.verdict import above, below, decide
 
 DEFAULT_REFUSAL_PATTERNS = (
     r"\b(i|we)\s+(cannot|can't|can not|won't|will not|am unable to|am not able to)\b",
@@ -29,7 +30,6 @@ DEFAULT_REFUSAL_PATTERNS = (
     r"\b(cannot|can't|unable to)\s+(help|assist|comply|provide)\b",
 )
 DEFAULT_CURVE_POSITIONS = (32, 64, 128, 256, 512)
-_EPS = 1e-12
 
 
 def refused(texts: list[str], patterns: tuple[str, ...]) -> np.ndarray:
@@ -82,6 +82,7 @@ class Drift:
     kl_sum: np.ndarray  # per-step KL summed over the steps that shared a context
     kl_steps: np.ndarray
     positions: tuple[int, ...]
+    nonfinite: np.ndarray  # bool per prompt: a step logit of either model was not finite
 
 
 def drift(baseline: Generation, candidate: Generation, positions: tuple[int, ...]) -> Drift:
@@ -97,6 +98,10 @@ def drift(baseline: Generation, candidate: Generation, positions: tuple[int, ...
     curve_agree = np.take_along_axis(cumulative, curve_compared, axis=1)
     kl_sum = np.zeros(len(compared))
     kl_steps = np.zeros(len(compared), np.int64)
+    nonfinite = np.zeros(len(compared), bool)
+    for logits in (baseline.logits, candidate.logits):
+        if logits is not None:
+            nonfinite |= ~np.isfinite(logits).reshape(len(compared), -1).all(axis=1)
     if baseline.logits is not None and candidate.logits is not None:
         # Up to and including the first divergence both models saw the same context, so their
         # step distributions are comparable; past it they describe different texts.
@@ -110,7 +115,7 @@ def drift(baseline: Generation, candidate: Generation, positions: tuple[int, ...
             kl_sum = np.bincount(rows, weights=step_kl, minlength=len(compared))
             kl_steps = np.bincount(rows, minlength=len(compared))
     return Drift(compared, equal.sum(axis=1), first, curve_compared, curve_agree, kl_sum, kl_steps,
-                 tuple(int(p) for p in positions))
+                 tuple(int(p) for p in positions), nonfinite)
 
 
 @dataclass
@@ -126,6 +131,7 @@ class GroupBehaviour:
     curve: dict[int, float] = field(default_factory=dict)
     kl_sum: float = 0.0
     kl_steps: int = 0
+    nonfinite: int = 0  # prompts with a non-finite step logit
 
 
 def _pair_counts(base: np.ndarray, cand: np.ndarray) -> tuple[int, int, int, int, int]:
@@ -145,6 +151,7 @@ def group_behaviour(rows: np.ndarray, base: ModelScores, cand: ModelScores, pair
     compared, agreed = pair.curve_compared[rows].sum(axis=0), pair.curve_agree[rows].sum(axis=0)
     g.curve = {p: float(a / c) if c else 1.0 for p, a, c in zip(pair.positions, agreed, compared)}
     g.kl_sum, g.kl_steps = float(pair.kl_sum[rows].sum()), int(pair.kl_steps[rows].sum())
+    g.nonfinite = int(pair.nonfinite[rows].sum())
     return g
 
 
@@ -166,10 +173,10 @@ def _rate_check(flag: str, two_sided: bool):
         rb, rc = base / max(n, 1), cand / max(n, 1)
         if two_sided:  # a refusal rate that moves either way is a behaviour change
             p = min(1.0, 2 * mcnemar_p(max(b_only, c_only), min(b_only, c_only)))
-            breached = abs(rc - rb) > limit + _EPS
+            breached = above(abs(rc - rb), limit)
         else:  # a drop: baseline right where the candidate is not
             p = mcnemar_p(b_only, c_only)
-            breached = rb - rc > limit + _EPS
+            breached = above(rb - rc, limit)
         return n, rb, rc, breached, {"mcnemar_p": p, "baseline_only": b_only, "candidate_only": c_only}
     return judge
 
@@ -182,7 +189,7 @@ def _token_agreement(g: GroupBehaviour, limit: float, confidence: float):
                   "identical_wilson_high": high}
     for name, position in (divergence_quantiles(g.first_divergence) or {}).items():
         statistic[f"first_divergence_{name}"] = position
-    return g.n, 1.0, value, value < limit - _EPS, statistic
+    return g.n, 1.0, value, below(value, limit), statistic
 
 
 def divergence_quantiles(first_divergence: np.ndarray) -> dict[str, float] | None:
@@ -194,7 +201,7 @@ def divergence_quantiles(first_divergence: np.ndarray) -> dict[str, float] | Non
 
 def _mean_step_kl(g: GroupBehaviour, limit: float, confidence: float):
     value = g.kl_sum / g.kl_steps if g.kl_steps else 0.0
-    return g.n, 0.0, value, value > limit + _EPS, {"kl_steps": g.kl_steps}
+    return g.n, 0.0, value, above(value, limit), {"kl_steps": g.kl_steps}
 
 
 GENERATION_CHECKS = {
@@ -214,6 +221,8 @@ def judge_generation(check: CheckSpec, dimension: str, value: str, g: GroupBehav
     n, base, cand, breached, statistic = GENERATION_CHECKS[check.name](g, check.limit, confidence)
     if check.name in SUBSET_FLAGS and n == 0:
         return None
-    verdict = INSUFFICIENT if n < min_slice_size else (FAIL if breached else PASS)
+    if g.nonfinite:
+        statistic = statistic | {"nonfinite_prompts": g.nonfinite}
     return CheckResult(check=check.name, dimension=dimension, value=value, n=n, baseline=base, candidate=cand,
-                       delta=cand - base, tolerance=check.limit, verdict=verdict, statistic=statistic)
+                       delta=cand - base, tolerance=check.limit, verdict=decide(n, min_slice_size, breached, g.nonfinite),
+                       statistic=statistic)

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 from typing import Callable
 
-from runners.contracts import FAIL, INSUFFICIENT, PASS, CheckResult, CheckSpec
+from runners.contracts import CheckResult, CheckSpec
 from runners.metrics import GroupStats
 from runners.stats import mcnemar_p, wilson_interval
-
-# Slack for float round-off, so that a value equal to its tolerance passes.
-_EPS = 1e-12
+from runners.verdict import above, below, decide
 
 Judgement = tuple[float, float, bool, dict[str, float]]
 Judge = Callable[[GroupStats, float, float], Judgement]
@@ -32,39 +30,39 @@ def _paired_evidence(s: GroupStats) -> dict[str, float]:
 
 def _max_drop(s: GroupStats, limit: float, confidence: float) -> Judgement:
     base, cand = _accuracies(s)
-    return base, cand, base - cand > limit + _EPS, _paired_evidence(s)
+    return base, cand, above(base - cand, limit), _paired_evidence(s)
 
 
 def _max_relative_drop(s: GroupStats, limit: float, confidence: float) -> Judgement:
     base, cand = _accuracies(s)
     relative = (base - cand) / base if base > 0 else 0.0
     evidence = _paired_evidence(s) | {"relative_drop": relative}
-    return base, cand, relative > limit + _EPS, evidence
+    return base, cand, above(relative, limit), evidence
 
 
 def _min_accuracy(s: GroupStats, limit: float, confidence: float) -> Judgement:
     base, cand = _accuracies(s)
     low, high = wilson_interval(s.correct_candidate, s.n, confidence)
-    return base, cand, cand < limit - _EPS, {"wilson_low": low, "wilson_high": high}
+    return base, cand, below(cand, limit), {"wilson_low": low, "wilson_high": high}
 
 
 def _min_agreement(s: GroupStats, limit: float, confidence: float) -> Judgement:
     agreement = s.agree / max(s.n, 1)
     low, high = wilson_interval(s.agree, s.n, confidence)
-    return 1.0, agreement, agreement < limit - _EPS, {"wilson_low": low, "wilson_high": high}
+    return 1.0, agreement, below(agreement, limit), {"wilson_low": low, "wilson_high": high}
 
 
 def _upper(field: str, ideal: float) -> Judge:
     def judge(s: GroupStats, limit: float, confidence: float) -> Judgement:
         value = getattr(s, field)
-        return ideal, value, value > limit + _EPS, {}
+        return ideal, value, above(value, limit), {}
     return judge
 
 
 def _lower(field: str, ideal: float) -> Judge:
     def judge(s: GroupStats, limit: float, confidence: float) -> Judgement:
         value = getattr(s, field)
-        return ideal, value, value < limit - _EPS, {}
+        return ideal, value, below(value, limit), {}
     return judge
 
 
@@ -83,12 +81,10 @@ NEEDS_LABELS = frozenset({"max_drop", "max_relative_drop", "min_accuracy"})
 
 def judge(check: CheckSpec, dimension: str, value: str, stats: GroupStats,
           min_slice_size: int, confidence: float) -> CheckResult:
-    """Judge one check on one slice; a slice smaller than min_slice_size is `insufficient`."""
+    """Judge one check on one slice (the shared rule: runners/verdict.py)."""
     base, cand, breached, statistic = CHECKS[check.name](stats, check.limit, confidence)
-    if stats.n < min_slice_size:
-        verdict = INSUFFICIENT
-    else:
-        verdict = FAIL if breached else PASS
+    if stats.nonfinite:
+        statistic = statistic | {"nonfinite_rows": stats.nonfinite}
     return CheckResult(check=check.name, dimension=dimension, value=value, n=stats.n,
                        baseline=base, candidate=cand, delta=cand - base, tolerance=check.limit,
-                       verdict=verdict, statistic=statistic)
+                       verdict=decide(stats.n, min_slice_size, breached, stats.nonfinite), statistic=statistic)

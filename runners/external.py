@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from runners.backends import ArtifactError
-from runners.contracts import FAIL, INSUFFICIENT, PASS, ArtifactSpec, CheckResult, SuiteSpec
+from runners.contracts import ArtifactSpec, CheckResult, SuiteSpec
+from runners.verdict import above, decide
 from runners.data import DataError
 
 TASK_DIMENSION = "task"
-_EPS = 1e-12
 
 
 @dataclass(frozen=True)
@@ -120,8 +120,8 @@ def compare(baseline: dict[tuple[str, str], Score], candidate: dict[tuple[str, s
         for check in suite.checks_for(TASK_DIMENSION):
             if check.name != "max_drop":
                 continue
-            breached = drop > check.limit + _EPS
-            verdict = INSUFFICIENT if base.n is not None and n < suite.min_slice_size else (FAIL if breached else PASS)
+            # Without a row count (n unknown) the slice size cannot be judged: decide on the figures.
+            verdict = decide(n, suite.min_slice_size if base.n is not None else 0, above(drop, check.limit))
             results.append(CheckResult(check=f"max_drop:{metric}", dimension=TASK_DIMENSION, value=task, n=n,
                                        baseline=base.value, candidate=cand.value, delta=cand.value - base.value,
                                        tolerance=check.limit, verdict=verdict, statistic=dict(statistic)))

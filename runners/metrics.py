@@ -21,7 +21,7 @@ _BLOCK_VALUES = 1 << 18
 
 # Row quantities summed per slice value, in the column order of RowMetrics.table.
 QUANTITIES = ("agree", "mean_abs", "kl", "cosine", "correct_baseline", "correct_candidate",
-              "baseline_only", "candidate_only")
+              "baseline_only", "candidate_only", "nonfinite")
 
 
 @dataclass
@@ -82,6 +82,7 @@ class GroupStats:
     correct_candidate: int | None
     baseline_only: int | None  # baseline right, candidate wrong
     candidate_only: int | None
+    nonfinite: int = 0  # rows where either model's output holds a NaN or an infinity
 
 
 def _top1(shifted: np.ndarray, selector: np.ndarray, hits: np.ndarray) -> np.ndarray:
@@ -117,6 +118,7 @@ def _chunk(b: np.ndarray, c: np.ndarray, labels: np.ndarray | None, table: np.nd
     norms = np.sqrt(np.einsum("ij,ij->j", b, b) * np.einsum("ij,ij->j", c, c))
     dot = np.einsum("ij,ij->j", b, c)
     table[3] = np.divide(dot, norms, out=np.ones_like(dot), where=norms > 0)
+    table[8] = ~(np.isfinite(b).all(axis=0) & np.isfinite(c).all(axis=0))
     if labels is not None:
         right_b, right_c = top_b == labels, top_c == labels
         table[4], table[5] = right_b, right_c
@@ -215,7 +217,8 @@ def slice_stats(rm: RowMetrics, index: SliceIndex) -> dict[tuple[str, str], Grou
             correct_baseline=round(float(s[4])) if labelled else None,
             correct_candidate=round(float(s[5])) if labelled else None,
             baseline_only=round(float(s[6])) if labelled else None,
-            candidate_only=round(float(s[7])) if labelled else None)
+            candidate_only=round(float(s[7])) if labelled else None,
+            nonfinite=round(float(s[8])))
     return out
 
 

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from runners.contracts import FAIL, INSUFFICIENT, PASS, CheckResult, CheckSpec
+from runners.contracts import CheckResult, CheckSpec
 from runners.metrics import SliceIndex
+from runners.verdict import above, below, decide
 
 TENSOR_CHECKS = ("min_within_tolerance", "max_median_abs_diff", "max_p99_abs_diff")
-_EPS = 1e-12
 
 
 @dataclass
@@ -27,13 +27,16 @@ class TensorStats:
     median_abs: float
     p99_abs: float
     max_abs: float
+    nonfinite: int = 0  # elements where either output is not finite
 
 
 def _stats(abs_diff: np.ndarray, within: np.ndarray, rows: int) -> TensorStats:
     if not abs_diff.size:
         return TensorStats(rows, 0, 0, 0.0, 0.0, 0.0)
-    median, p99 = np.percentile(abs_diff, (50, 99))
-    return TensorStats(rows, int(abs_diff.size), int(within.sum()), float(median), float(p99), float(abs_diff.max()))
+    nonfinite = int(abs_diff.size - np.count_nonzero(np.isfinite(abs_diff)))
+    median, p99 = np.percentile(abs_diff, (50, 99))  # NaN where an element is NaN: breached below
+    return TensorStats(rows, int(abs_diff.size), int(within.sum()), float(median), float(p99), float(abs_diff.max()),
+                       nonfinite)
 
 
 def tensor_stats(baseline: np.ndarray, candidate: np.ndarray, index: SliceIndex, atol: float,
@@ -56,13 +59,13 @@ def tensor_stats(baseline: np.ndarray, candidate: np.ndarray, index: SliceIndex,
 def judge_tensor(check: CheckSpec, dimension: str, value: str, s: TensorStats, min_slice_size: int) -> CheckResult:
     if check.name == "min_within_tolerance":
         measured, ideal = s.within / max(s.values, 1), 1.0
-        breached = measured < check.limit - _EPS
+        breached = below(measured, check.limit)
     else:
         measured = s.median_abs if check.name == "max_median_abs_diff" else s.p99_abs
         ideal = 0.0
-        breached = measured > check.limit + _EPS
-    verdict = INSUFFICIENT if s.n < min_slice_size else (FAIL if breached else PASS)
+        breached = above(measured, check.limit)
     return CheckResult(check=check.name, dimension=dimension, value=value, n=s.n, baseline=ideal, candidate=measured,
-                       delta=measured - ideal, tolerance=check.limit, verdict=verdict,
+                       delta=measured - ideal, tolerance=check.limit,
+                       verdict=decide(s.n, min_slice_size, breached, s.nonfinite),
                        statistic={"elements": s.values, "within": s.within, "median_abs": s.median_abs,
-                                  "p99_abs": s.p99_abs, "max_abs": s.max_abs})
+                                  "p99_abs": s.p99_abs, "max_abs": s.max_abs, "nonfinite_elements": s.nonfinite})
