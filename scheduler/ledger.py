@@ -20,6 +20,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from runners.contracts import JobResult, JobSpec, job_spec_from_dict, job_spec_to_dict
+from scheduler.storage import (LedgerError, LedgerWriteError, WriteHealth, check_integrity, create_engine,
+                               resolve_url, sqlite_path, sqlite_url)
+
+__all__ = ["Ledger", "LedgerError", "LedgerWriteError", "SCHEMA_VERSION", "sqlite_url"]
 
 QUEUED, RUNNING, FINISHED, ERROR_STATUS = "queued", "running", "finished", "error"
 UNSCHEDULABLE, CANCELLED = "unschedulable", "cancelled"
@@ -28,6 +32,7 @@ UNFINISHED = (QUEUED, RUNNING)
 metadata = sa.MetaData()
 
 _V2_RUN_COLUMNS = {"job_key", "spec", "attempts"}
+_V3_RUN_COLUMNS = {"retries"}
 
 schema_version = sa.Table("schema_version", metadata, sa.Column("version", sa.Integer, nullable=False))
 
@@ -51,7 +56,8 @@ runs = sa.Table(
     sa.Column("finished_at", sa.Float),
     sa.Column("job_key", sa.String(64)),  # added in v2
     sa.Column("spec", sa.Text),  # v2: the JobSpec as JSON, to resume after a restart
-    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),  # v2
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),  # v2: times it was started
+    sa.Column("retries", sa.Integer, nullable=False, server_default="0"),  # v3: restarts after a failure only
     sa.Index("ix_runs_gate", "target", "model", "candidate", "finished_at"),
 )
 
@@ -120,7 +126,7 @@ def _v1(conn: Connection) -> None:
     """The first schema: runs without the v2 queue columns, results, provenance."""
     v1 = sa.MetaData()
     sa.Table("runs", v1, *[sa.Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable, index=c.index)
-                           for c in runs.columns if c.name not in _V2_RUN_COLUMNS],
+                           for c in runs.columns if c.name not in _V2_RUN_COLUMNS | _V3_RUN_COLUMNS],
              sa.Index("ix_runs_gate", "target", "model", "candidate", "finished_at"))
     results.to_metadata(v1)
     provenance.to_metadata(v1)
@@ -136,47 +142,52 @@ def _v2(conn: Connection) -> None:
     metadata.create_all(conn, tables=[fingerprints, component_changes, sweeps, target_status])
 
 
+def _v3(conn: Connection) -> None:
+    """Retries counted on their own: a start after a restart or a shutdown is a resume, not a retry."""
+    conn.execute(sa.text("ALTER TABLE runs ADD COLUMN retries INTEGER NOT NULL DEFAULT 0"))
+
+
 # Ordered migrations; the index + 1 is the schema version each one produces. Append only.
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2]
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-class LedgerError(Exception):
-    """The ledger cannot be opened or written."""
-
-
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    cursor = dbapi_conn.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=10000")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
-
-
-def sqlite_url(path: str | Path) -> str:
-    return f"sqlite:///{Path(path).resolve()}"
-
-
 class Ledger:
-    def __init__(self, url: str, base_dir: str | Path = ".") -> None:
+    def __init__(self, url: str, base_dir: str | Path = ".", read_only: bool = False) -> None:
+        """Open (and migrate) the ledger; `read_only` opens an existing one only to read it, unmigrated."""
+        self.read_only = read_only
         try:
-            self.url = self._resolve(url, Path(base_dir))
-            self.engine: Engine = sa.create_engine(self.url)
-            if self.engine.dialect.name == "sqlite":
-                sa.event.listen(self.engine, "connect", _sqlite_pragmas)
-            self.migrate()
+            self.url = resolve_url(url, Path(base_dir), create_folder=not read_only)
+            path = sqlite_path(self.url)
+            self.where = str(path) if path is not None else self.url.split("@")[-1]
+            self.health = WriteHealth(self.where)
+            self.engine: Engine = create_engine(self.url, read_only=read_only)
+            check_integrity(self.engine, self.where)
+            if read_only:
+                self._check_readable_schema()
+            else:
+                self.migrate()
+        except LedgerError:
+            raise
         except (sa.exc.SQLAlchemyError, OSError, ValueError) as exc:
             raise LedgerError(f"cannot open ledger {url}: {exc}") from exc
 
-    @staticmethod
-    def _resolve(url: str, base_dir: Path) -> str:
-        """Relative SQLite paths are relative to the config file; their folder is created."""
-        if not url.startswith("sqlite:///") or url == "sqlite:///:memory:":
-            return url
-        path = Path(url.removeprefix("sqlite:///"))
-        path = path if path.is_absolute() else base_dir / path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return sqlite_url(path)
+    @classmethod
+    def for_reading(cls, url: str, base_dir: str | Path = ".") -> "Ledger":
+        """An existing SQLite ledger opened read-only (reading needs no write: a read-only file or
+        mount works); a missing one is created empty, as a writer would."""
+        path = sqlite_path(resolve_url(url, Path(base_dir), create_folder=False))
+        return cls(url, base_dir, read_only=path is not None and path.is_file())
+
+    def _write(self):
+        """A write transaction; its failure is counted in `health` and raised as LedgerWriteError."""
+        return self.health.recording(self.engine)
+
+    def _check_readable_schema(self) -> None:
+        current = self.schema_version()
+        if current != SCHEMA_VERSION:
+            raise LedgerError(f"ledger {self.where} has schema v{current}, this revalidator reads v{SCHEMA_VERSION}; "
+                              "it is migrated when a revalidator opens it writable (the daemon, validate)")
 
     def migrate(self) -> None:
         with self.engine.begin() as conn:
@@ -196,7 +207,7 @@ class Ledger:
     def enqueue(self, spec: JobSpec) -> str:
         """Record a job as queued, with its full spec, before it is dispatched; returns the run id."""
         run_id = str(uuid.uuid4())
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(runs.insert().values(
                 run_id=run_id, job_id=spec.job_id, job_key=spec.job_key or spec.job_id, trigger=spec.trigger,
                 target=spec.target, model=spec.model, candidate=spec.candidate, suite=spec.suite.name,
@@ -205,8 +216,9 @@ class Ledger:
         return run_id
 
     def mark_running(self, run_id: str) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(runs.update().where(runs.c.run_id == run_id).values(
+        """Queued to running; a run that has already ended stays ended (a late, retried write)."""
+        with self._write() as conn:
+            conn.execute(runs.update().where(runs.c.run_id == run_id).where(runs.c.status.in_(UNFINISHED)).values(
                 status=RUNNING, started_at=time.time(), attempts=runs.c.attempts + 1))
 
     def start_run(self, spec: JobSpec) -> str:
@@ -215,15 +227,19 @@ class Ledger:
         self.mark_running(run_id)
         return run_id
 
-    def requeue(self, run_id: str, reason: str) -> None:
-        """Back to queued (a retry, or work cancelled by a shutdown); the reason is kept as its error."""
-        with self.engine.begin() as conn:
+    def requeue(self, run_id: str, reason: str, retry: bool = False) -> None:
+        """Back to queued: a retry after a failure (`retry`, counted) or work handed back by a
+        shutdown (resumed later, not counted); the reason is kept as its error."""
+        values: dict[str, Any] = {"status": QUEUED, "error": reason}
+        if retry:
+            values["retries"] = runs.c.retries + 1
+        with self._write() as conn:
             conn.execute(runs.update().where(runs.c.run_id == run_id).where(runs.c.status.in_(UNFINISHED))
-                         .values(status=QUEUED, error=reason))
+                         .values(**values))
 
     def close_unfinished(self, run_id: str, status: str, error: str) -> bool:
         """End a run without results (unschedulable, cancelled); False if it had already ended."""
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             done = conn.execute(runs.update().where(runs.c.run_id == run_id).where(runs.c.status.in_(UNFINISHED))
                                 .values(status=status, verdict=ERROR_STATUS, error=error, error_kind="internal",
                                         finished_at=time.time()))
@@ -250,7 +266,7 @@ class Ledger:
     def finish_run(self, run_id: str, result: JobResult) -> bool:
         """Status, results and provenance in one transaction, once: False if the run had already ended."""
         fingerprint = result.provenance.get("fingerprint", {}).get("hash")
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             updated = conn.execute(runs.update().where(runs.c.run_id == run_id).where(
                 runs.c.status.in_(UNFINISHED)).values(
                 status=result.status, verdict=result.verdict, error=result.error, error_kind=result.error_kind,
@@ -323,7 +339,8 @@ class Ledger:
         return [int(v or 0) for v in row[:len(buckets)]], int(row[-2]), float(row[-1])
 
     def retries(self) -> int:
-        query = sa.select(sa.func.coalesce(sa.func.sum(runs.c.attempts - 1), 0)).where(runs.c.attempts > 1)
+        """Restarts after a worker or node failure; resumes after a restart are not retries."""
+        query = sa.select(sa.func.coalesce(sa.func.sum(runs.c.retries), 0))
         with self.engine.connect() as conn:
             return int(conn.execute(query).scalar())
 
@@ -344,7 +361,7 @@ class Ledger:
         The first observation of a target has no diff. Identical stacks add no history row.
         """
         now = time.time()
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             last = conn.execute(sa.select(fingerprints.c.hash, fingerprints.c.components)
                                 .where(fingerprints.c.target == target)
                                 .order_by(fingerprints.c.id.desc()).limit(1)).first()
@@ -403,7 +420,7 @@ class Ledger:
             conn.execute(target_status.insert().values(target=target, **values))
 
     def set_target_state(self, target: str, state: str, detail: str | None = None) -> None:
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             self._set_target(conn, target, state, detail)
 
     def target_states(self) -> dict[str, dict[str, Any]]:
@@ -411,12 +428,12 @@ class Ledger:
             return {r["target"]: dict(r) for r in conn.execute(sa.select(target_status)).mappings()}
 
     def start_sweep(self, kind: str, scheduled_for: float | None = None) -> int:
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             return conn.execute(sweeps.insert().values(kind=kind, scheduled_for=scheduled_for,
                                                        started_at=time.time())).inserted_primary_key[0]
 
     def finish_sweep(self, sweep_id: int) -> None:
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(sweeps.update().where(sweeps.c.id == sweep_id).values(finished_at=time.time()))
 
     def last_scheduled_sweep(self) -> float | None:

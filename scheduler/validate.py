@@ -68,7 +68,7 @@ class LedgerListener:
             self.on_result(RunRecord(run_id, spec, result))
 
     def retrying(self, run_id: str, spec: JobSpec, reason: str) -> None:
-        self.ledger.requeue(run_id, reason)
+        self.ledger.requeue(run_id, reason, retry=True)
         log.warning("job retrying", extra={"fields": {**_fields(run_id, spec), "reason": reason}})
 
     def ended(self, run_id: str, spec: JobSpec, status: str, reason: str) -> None:
@@ -93,7 +93,7 @@ def _fields(run_id: str, spec: JobSpec) -> dict[str, str]:
 
 def run_validation(loaded: LoadedConfig, jobs: list[JobSpec], ledger: Ledger,
                    dispatcher: RayDispatcher, progress: Callable[[int, int, RunRecord], None] | None = None,
-                   ) -> ValidationReport:
+                   give_up_writes_after: float | None = None) -> ValidationReport:
     """Dispatch `jobs` on a started dispatcher until all have ended; every job is queued in the ledger first."""
     report = ValidationReport(ray_startup_seconds=dispatcher.startup_seconds)
 
@@ -103,7 +103,10 @@ def run_validation(loaded: LoadedConfig, jobs: list[JobSpec], ledger: Ledger,
             progress(len(report.records), len(jobs), record)
 
     dispatcher.submit([(ledger.enqueue(spec), spec) for spec in jobs])
-    dispatcher.run_until_idle(LedgerListener(ledger, collect))
+    listener = LedgerListener(ledger, collect)
+    dispatcher.run_until_idle(listener, give_up_writes_after)
+    if dispatcher.stopping.is_set():  # stopped by a signal: what did not finish is recorded as cancelled
+        dispatcher.cancel_all(listener, f"validate stopped by {dispatcher.stop_reason or 'a stop request'}")
     order = {spec.job_id: i for i, spec in enumerate(jobs)}
     report.records.sort(key=lambda r: order[r.spec.job_id])
     return report
