@@ -6,6 +6,11 @@ the nightly schedule and the HTTP server. The main thread turns events into jobs
 dispatcher thread runs them on Ray. SIGTERM or SIGINT stops it: no new work, in-flight jobs
 get `daemon.drain_seconds` to finish, the rest is cancelled and left queued for the next
 start, and the process exits 0.
+
+The ledger may refuse writes for a while (locked by another process, a full disk): the
+dispatcher keeps results until they are written, planned jobs wait in memory until they are
+queued, an event whose sweep cannot be recorded is handled again later, and `/readyz` answers
+503 until a write goes through again.
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ import threading
 import time
 from pathlib import Path
 
+import sqlalchemy as sa
+
+from runners.contracts import JobSpec
 from scheduler.config import ConfigError, LoadedConfig, load_config
 from scheduler.dispatch import InfrastructureError, RayDispatcher
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -27,7 +35,7 @@ from scheduler.events import ConfigChanged, Event, Manual, Scheduled, StackChang
 from scheduler.exporter import Exporter, Snapshot, compute_gates
 from scheduler.gates import CurrentKeys, current_keys, gates_document
 from scheduler.http import HttpServer, Response, Route, json_response
-from scheduler.ledger import Ledger
+from scheduler.ledger import Ledger, LedgerError
 from scheduler.planning import Planner
 from scheduler.schedule import UTC, build_scheduler, last_due, missed_sweep
 from scheduler.validate import LedgerListener
@@ -49,7 +57,11 @@ class Daemon:
         self.keys: CurrentKeys = {}
         self._keys_from: dict[str, str] = {}  # target -> the stack hash the keys were computed from
         self.missed_schedules = 0
-        self.ledger_errors = 0
+        self.ledger_errors = 0  # failed ledger reads while handling events (writes are counted by the ledger)
+        self._unqueued: list[JobSpec] = []  # planned, not yet in the ledger: it refused the write
+        self._deferred: list[Event] = []  # events whose handling a ledger write stopped
+        self._retry_at = 0.0
+        self._retry_failures = 0
 
     # -- start-up -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -117,6 +129,8 @@ class Daemon:
     def poll_quietly(self) -> None:
         try:
             self.poll()
+        except LedgerError as exc:  # counted by the ledger, shown by /readyz; the next poll runs on schedule
+            log.warning("poll failed", extra={"fields": {"error": str(exc)}})
         except Exception:  # a failed poll is logged; the next one runs on schedule
             log.exception("poll failed")
 
@@ -132,7 +146,9 @@ class Daemon:
 
     def snapshot(self) -> Snapshot:
         return Snapshot(loaded=self.loaded, keys=self.keys, last_poll_at=self.last_poll_at,
-                        missed_schedules=self.missed_schedules, ledger_errors=self.ledger_errors)
+                        missed_schedules=self.missed_schedules,
+                        ledger_errors=self.ledger_errors + self.ledger.health.errors,
+                        ledger_writable=self.ledger.health.writable)
 
     def nightly(self, now: dt.datetime) -> None:
         due = last_due(self.loaded.config.schedule, now) or now
@@ -170,17 +186,73 @@ class Daemon:
         """Plan an event's jobs, queue them in the ledger, hand them to the dispatcher."""
         fingerprints = self.ledger.latest_fingerprints()
         force = isinstance(event, Scheduled) or (isinstance(event, Manual) and event.force)
-        plan = self.planner.plan(event, fingerprints,
-                                 lambda keys: self.ledger.known_job_keys(keys, include_finished=not force))
+        plan = self.planner.plan(event, fingerprints, lambda keys: self._known(keys, include_finished=not force))
         sweep = self.ledger.start_sweep(event.kind, event.due) if isinstance(event, Scheduled) else None
-        queued = [(self.ledger.enqueue(spec), spec) for spec in plan.jobs]
-        self.dispatcher.submit(queued)
+        self._unqueued += plan.jobs  # from here on, each job is queued exactly once, now or on a later try
+        try:
+            queued = self._queue_waiting()
+        except LedgerError as exc:  # the rest are queued by _retry_waiting
+            queued = 0
+            self._back_off(exc)
         if sweep is not None:
-            self.ledger.finish_sweep(sweep)
+            try:
+                self.ledger.finish_sweep(sweep)
+            except LedgerError as exc:  # only its end time is missing; when it was due is recorded
+                log.warning("sweep end not recorded", extra={"fields": {"error": str(exc)}})
         log.info("planned", extra={"fields": {"event": type(event).__name__, "trigger": event.trigger,
-                                               "jobs": len(queued), "already_done": plan.skipped_known,
+                                               "jobs": len(plan.jobs), "already_done": plan.skipped_known,
                                                **({"target": event.target} if hasattr(event, "target") else {})}})
-        return len(queued)
+        return queued
+
+    def _known(self, keys: list[str], include_finished: bool) -> set[str]:
+        """Job keys queued, running (or, unless forced, done) in the ledger, or planned and waiting to be queued."""
+        waiting = {spec.job_key for spec in self._unqueued}
+        return self.ledger.known_job_keys(keys, include_finished) | (waiting & set(keys))
+
+    def _queue_waiting(self) -> int:
+        """Queue planned jobs in the ledger and hand each to the dispatcher; a refused write leaves the rest."""
+        queued = 0
+        while self._unqueued:
+            spec = self._unqueued[0]
+            run_id = self.ledger.enqueue(spec)  # LedgerWriteError: this one and the rest stay for the next try
+            self._unqueued.pop(0)
+            self.dispatcher.submit([(run_id, spec)])
+            queued += 1
+        return queued
+
+    def _handle_safely(self, event: Event) -> None:
+        try:
+            self.handle(event)
+        except LedgerError as exc:  # refused before its jobs were planned: the event is handled again later
+            self._deferred.append(event)
+            self._back_off(exc)
+        except sa.exc.SQLAlchemyError:
+            self.ledger_errors += 1
+            log.exception("event failed: ledger read", extra={"fields": {"event": repr(event)}})
+        except Exception:  # one bad event must not stop the daemon
+            log.exception("event failed", extra={"fields": {"event": repr(event)}})
+
+    def _back_off(self, exc: Exception) -> None:
+        self._retry_failures += 1
+        delay = min(30.0, 0.5 * 2 ** (self._retry_failures - 1))
+        self._retry_at = time.monotonic() + delay
+        log.warning("ledger refused a write; planned work kept in memory", extra={"fields": {
+            "error": str(exc), "unqueued_jobs": len(self._unqueued), "deferred_events": len(self._deferred),
+            "retry_in_seconds": delay}})
+
+    def _retry_waiting(self) -> None:
+        """Queue what a refused write left behind, then handle the events it stopped."""
+        if not (self._unqueued or self._deferred) or time.monotonic() < self._retry_at:
+            return
+        try:
+            self._queue_waiting()
+        except LedgerError as exc:
+            self._back_off(exc)
+            return
+        deferred, self._deferred = self._deferred, []
+        self._retry_failures = 0
+        for event in deferred:
+            self._handle_safely(event)
 
     def _trap_signals(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -192,15 +264,15 @@ class Daemon:
         self.start()
         self._trap_signals()  # again: connecting Ray installs its own SIGTERM handler
         while not self.stop_event.is_set():
+            self._retry_waiting()
             try:
                 event = self.events.get(timeout=0.5)
             except queue.Empty:
                 continue
-            try:
-                self.handle(event)
-            except Exception:  # one bad event must not stop the daemon
-                self.ledger_errors += 1
-                log.exception("event failed", extra={"fields": {"event": repr(event)}})
+            self._handle_safely(event)
+        if self._unqueued:
+            log.warning("planned jobs not queued at shutdown; they are planned again at the next start",
+                        extra={"fields": {"jobs": len(self._unqueued)}})
         self.shutdown()
         return 0
 
@@ -235,6 +307,12 @@ class Daemon:
     def _readyz(self, query: dict[str, str]) -> Response:
         if not self.ready:
             return json_response(503, {"status": "starting" if not self.stop_event.is_set() else "stopping"})
+        health = self.ledger.health
+        if not health.writable:
+            return json_response(503, {"status": "ledger not writable", "ledger": health.where,
+                                       "error": health.last_error, "failing_since": health.failing_since,
+                                       "unwritten_reports": self.dispatcher.unwritten,
+                                       "unqueued_jobs": len(self._unqueued)})
         return json_response(200, {"status": "ready", "last_poll_at": self.last_poll_at})
 
     def _sweep(self, query: dict[str, str]) -> Response:

@@ -6,20 +6,30 @@ run at once. A worker or node failure is retried with exponential backoff (the l
 id makes the retry idempotent); a job that no node can take is recorded as unschedulable
 once its deadline passes, never left pending; a job past its timeout is cancelled; on stop,
 in-flight jobs get a drain deadline, then are cancelled and handed back for the next start.
+
+Every report to the listener (a ledger write, in practice) goes through an outbox: a write
+that fails (the ledger locked by another process, a full disk) is kept in memory, in order,
+and retried with backoff; no job starts while writes wait, and a computed result is never
+dropped because the ledger could not take it at that moment.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from runners.contracts import ERROR, JobResult, JobSpec
 from scheduler.config import LoadedConfig
 from scheduler.config.schema import Placement
+from scheduler.storage import LedgerError, LedgerWriteError
+
+log = logging.getLogger("revalidator.dispatch")
 
 # A local Ray advertises the machine's network address unless told otherwise; keep it on loopback.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -28,6 +38,8 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 PIN_AMOUNT = 0.001
 # Longest single wait, so that stop requests and deadlines are noticed promptly.
 _TICK_SECONDS = 0.25
+# Backoff of a failed listener write: doubles from the first delay up to the last.
+WRITE_RETRY_SECONDS = (0.5, 30.0)
 
 
 class InfrastructureError(RuntimeError):
@@ -101,6 +113,14 @@ class _Running:
     submitted: float
 
 
+@dataclass
+class _Report:
+    """One listener call waiting in the outbox: the method's name and its arguments."""
+
+    method: str
+    args: tuple[Any, ...]
+
+
 class RayDispatcher:
     def __init__(self, loaded: LoadedConfig, address: str | None = None) -> None:
         self.loaded = loaded
@@ -112,6 +132,12 @@ class RayDispatcher:
         self._running: dict[Any, _Running] = {}
         self._lock = threading.Lock()
         self.stopping = threading.Event()
+        self.stop_reason: str | None = None
+        self._outbox: deque[_Report] = deque()
+        self._write_failures = 0  # consecutive failed attempts at the head of the outbox
+        self._write_retry_at = 0.0
+        self._write_failing_since: float | None = None  # monotonic time of the first failure in a row
+        self._write_error: str | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -178,24 +204,40 @@ class RayDispatcher:
     @property
     def busy(self) -> bool:
         with self._lock:
-            return bool(self._pending or self._running)
+            return bool(self._pending or self._running or self._outbox)
+
+    @property
+    def unwritten(self) -> int:
+        """Reports (results among them) computed but not yet written to the ledger."""
+        return len(self._outbox)
 
     def in_flight(self) -> dict[str, int]:
         with self._lock:
-            return {"queued": len(self._pending), "running": len(self._running)}
+            return {"queued": len(self._pending), "running": len(self._running), "unwritten": len(self._outbox)}
 
-    def run_until_idle(self, listener: Listener) -> None:
-        """Work until nothing is queued or running (the one-shot `validate`)."""
+    def run_until_idle(self, listener: Listener, give_up_writes_after: float | None = None) -> None:
+        """Work until nothing is queued or running (the one-shot `validate`).
+
+        Raises LedgerWriteError once writes have failed for `give_up_writes_after` seconds in a row."""
         while self.busy and not self.stopping.is_set():
             self.step(listener)
+            since = self._write_failing_since
+            if give_up_writes_after is not None and since is not None \
+                    and time.monotonic() - since >= give_up_writes_after:
+                raise LedgerWriteError(f"{self._write_error} (gave up after {give_up_writes_after:g}s of failed "
+                                       f"writes; {len(self._outbox)} report(s) not recorded)")
 
     def serve(self, listener: Listener, stop: threading.Event) -> None:
-        """Work until `stop` is set (the daemon)."""
+        """Work until `stop` is set (the daemon); a failed step is logged and the loop goes on."""
         while not stop.is_set():
-            if self.busy:
-                self.step(listener)
-            else:
-                stop.wait(_TICK_SECONDS)
+            try:
+                if self.busy:
+                    self.step(listener)
+                else:
+                    stop.wait(_TICK_SECONDS)
+            except Exception:  # e.g. Ray's state API unreachable for a moment: the thread must not die
+                log.exception("dispatcher step failed")
+                stop.wait(1.0)
 
     def drain(self, listener: Listener, deadline_seconds: float) -> None:
         """Stop starting jobs; let running ones finish until the deadline, then cancel them.
@@ -206,19 +248,83 @@ class RayDispatcher:
         with self._lock:
             pending, self._pending = self._pending, []
         for p in pending:
-            listener.handed_back(p.run_id, p.spec, "not started before shutdown")
+            self._tell(listener, "handed_back", p.run_id, p.spec, "not started before shutdown")
         until = time.monotonic() + deadline_seconds
         while self._running and time.monotonic() < until:
             self._collect(listener, min(_TICK_SECONDS, max(0.0, until - time.monotonic())))
         for ref, flight in list(self._running.items()):
             self._ray.cancel(ref, force=True)
             del self._running[ref]
-            listener.handed_back(flight.pending.run_id, flight.pending.spec, "cancelled by shutdown")
+            self._tell(listener, "handed_back", flight.pending.run_id, flight.pending.spec, "cancelled by shutdown")
+        while self._outbox and time.monotonic() < until:
+            self._write_retry_at = 0.0
+            if not self._flush(listener):
+                time.sleep(_TICK_SECONDS)
+        if self._outbox:
+            log.error("ledger writes lost at shutdown; their runs stay unfinished and are re-run at the next start",
+                      extra={"fields": {"unwritten": len(self._outbox),
+                                        "runs": sorted({r.args[0] for r in self._outbox})}})
+
+    def stop(self, reason: str) -> None:
+        """Ask a one-shot run to stop (from a signal handler: only sets state)."""
+        self.stop_reason = reason
+        self.stopping.set()
+
+    def cancel_all(self, listener: Listener, reason: str, write_seconds: float = 15.0) -> None:
+        """End every queued and running job as cancelled (a one-shot run that was stopped), and
+        keep trying to write that for up to `write_seconds`."""
+        self.stopping.set()
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for ref, flight in list(self._running.items()):
+            self._ray.cancel(ref, force=True)
+            del self._running[ref]
+            pending.append(flight.pending)
+        for p in pending:
+            self._tell(listener, "ended", p.run_id, p.spec, "cancelled", reason)
+        until = time.monotonic() + write_seconds
+        while self._outbox and time.monotonic() < until:
+            self._write_retry_at = 0.0
+            if not self._flush(listener):
+                time.sleep(_TICK_SECONDS)
 
     def step(self, listener: Listener) -> None:
+        self._flush(listener)
         self._start_ready(listener)
         self._collect(listener, _TICK_SECONDS)
         self._expire(listener)
+
+    # -- the outbox -----------------------------------------------------------------------------
+    def _tell(self, listener: Listener, method: str, *args: Any) -> None:
+        """Report to the listener; behind earlier reports that are still waiting to be written."""
+        self._outbox.append(_Report(method, args))
+        self._flush(listener)
+
+    def _flush(self, listener: Listener) -> bool:
+        """Deliver waiting reports in order; True when none is left. A failure waits out its backoff."""
+        if self._outbox and time.monotonic() < self._write_retry_at:
+            return False
+        while self._outbox:
+            report = self._outbox[0]
+            try:
+                getattr(listener, report.method)(*report.args)
+            except LedgerError as exc:
+                self._write_failures += 1
+                self._write_error = str(exc)
+                if self._write_failing_since is None:
+                    self._write_failing_since = time.monotonic()
+                first, last = WRITE_RETRY_SECONDS
+                delay = min(last, first * 2 ** (self._write_failures - 1))
+                self._write_retry_at = time.monotonic() + delay
+                log.warning("ledger write failed; kept in memory and retried", extra={"fields": {
+                    "report": report.method, "about": report.args[0], "unwritten": len(self._outbox),
+                    "retry_in_seconds": delay, "error": str(exc)}})
+                return False
+            self._outbox.popleft()
+            if self._write_failures:
+                log.info("ledger writes resumed", extra={"fields": {"after_failures": self._write_failures}})
+            self._write_failures, self._write_retry_at, self._write_failing_since = 0, 0.0, None
+        return True
 
     # -- internals ----------------------------------------------------------------------------
     def _available(self) -> tuple[dict[str, float], list[dict[str, str]]]:
@@ -237,7 +343,7 @@ class RayDispatcher:
 
     def _start_ready(self, listener: Listener) -> None:
         cfg = self.loaded.config
-        if self.stopping.is_set():
+        if self.stopping.is_set() or self._outbox:  # nothing new starts while reports wait to be written
             return
         now = time.time()
         with self._lock:
@@ -253,7 +359,8 @@ class RayDispatcher:
             target = cfg.targets.get(p.spec.target)
             if target is None:  # the target left the config while the job waited
                 self._drop(p)
-                listener.ended(p.run_id, p.spec, "unschedulable", f"target {p.spec.target!r} is no longer configured")
+                self._tell(listener, "ended", p.run_id, p.spec, "unschedulable",
+                           f"target {p.spec.target!r} is no longer configured")
                 continue
             if p.not_before > now or per_target.get(p.spec.target, 0) >= target.max_concurrent_jobs:
                 continue
@@ -264,7 +371,7 @@ class RayDispatcher:
                 continue
             p.waiting_since = None
             self._drop(p)
-            listener.started(p.run_id, p.spec)
+            self._tell(listener, "started", p.run_id, p.spec)
             ref = self._job_task.options(**placement_options(target.where)).remote(p.spec)
             self._running[ref] = _Running(p, time.time())
             per_target[p.spec.target] = per_target.get(p.spec.target, 0) + 1
@@ -286,24 +393,26 @@ class RayDispatcher:
     def _settle(self, listener: Listener, ref: Any, flight: _Running) -> None:
         ray, p = self._ray, flight.pending
         try:
-            listener.finished(p.run_id, p.spec, ray.get(ref))
-            return
+            result = ray.get(ref)
         except ray.exceptions.TaskCancelledError:
-            listener.handed_back(p.run_id, p.spec, "cancelled")
+            self._tell(listener, "handed_back", p.run_id, p.spec, "cancelled")
             return
         except ray.exceptions.RayTaskError as exc:  # an exception the harness did not catch
-            listener.finished(p.run_id, p.spec, error_result(p.spec, _first_line(exc), flight.submitted))
-            return
+            result = error_result(p.spec, _first_line(exc), flight.submitted)
         except ray.exceptions.RayError as exc:  # worker crash, node death, lost object: retry
-            reason = f"{type(exc).__name__}: {_first_line(exc)}"
-        cfg = self.loaded.config.ray
+            self._retry(listener, flight, f"{type(exc).__name__}: {_first_line(exc)}")
+            return
+        self._tell(listener, "finished", p.run_id, p.spec, result)
+
+    def _retry(self, listener: Listener, flight: _Running, reason: str) -> None:
+        cfg, p = self.loaded.config.ray, flight.pending
         p.attempt += 1
         if p.attempt >= cfg.max_attempts:
-            listener.finished(p.run_id, p.spec, error_result(
+            self._tell(listener, "finished", p.run_id, p.spec, error_result(
                 p.spec, f"{reason} (gave up after {p.attempt} attempts)", flight.submitted))
             return
         p.not_before = time.time() + cfg.retry_backoff_seconds * 2 ** (p.attempt - 1)
-        listener.retrying(p.run_id, p.spec, reason)
+        self._tell(listener, "retrying", p.run_id, p.spec, reason)
         with self._lock:
             self._pending.append(p)
 
@@ -316,7 +425,7 @@ class RayDispatcher:
                 self._ray.cancel(ref, force=True)
                 del self._running[ref]
                 spec = flight.pending.spec
-                listener.finished(flight.pending.run_id, spec, error_result(
+                self._tell(listener, "finished", flight.pending.run_id, spec, error_result(
                     spec, f"timed out after {cfg.job_timeout_seconds:g}s (no result from target {spec.target!r})",
                     flight.submitted))
         with self._lock:
@@ -325,10 +434,10 @@ class RayDispatcher:
             for p in expired:
                 self._pending.remove(p)
         for target in sorted({p.spec.target for p in expired}):
-            listener.target_state(target, "unschedulable", "no Ray node offers this target")
+            self._tell(listener, "target_state", target, "unschedulable", "no Ray node offers this target")
         for p in expired:
-            listener.ended(p.run_id, p.spec, "unschedulable",
-                           f"no node could take it for {cfg.unschedulable_after_seconds:g}s (target {p.spec.target!r})")
+            self._tell(listener, "ended", p.run_id, p.spec, "unschedulable",
+                       f"no node could take it for {cfg.unschedulable_after_seconds:g}s (target {p.spec.target!r})")
 
 
 def _first_line(exc: BaseException) -> str:

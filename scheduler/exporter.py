@@ -38,6 +38,7 @@ class Snapshot:
     last_poll_at: float | None = None
     missed_schedules: int = 0
     ledger_errors: int = 0
+    ledger_writable: bool = True  # whether the last ledger write went through
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -183,10 +184,13 @@ class LedgerCollector:
         build.add_metric([__version__], 1.0)
         errors = CounterMetricFamily("revalidator_ledger_errors", "Ledger reads or writes that failed.",
                                      value=snap.ledger_errors + self.read_errors)
+        writable = GaugeMetricFamily("revalidator_ledger_writable",
+                                     "1 while the last ledger write went through, 0 while writes fail.",
+                                     value=1.0 if snap.ledger_writable else 0.0)
         poll = GaugeMetricFamily("revalidator_last_poll_timestamp_seconds", "When the daemon last polled every target.")
         if snap.last_poll_at:
             poll.add_metric([], snap.last_poll_at)
-        yield from (build, errors, poll)
+        yield from (build, errors, writable, poll)
 
 
 # The per-slice families: (name, help, index of the value in a result row or None for pass).
