@@ -1,7 +1,8 @@
 """The `revalidator` command line: a thin layer that builds one config and calls the library.
 
 Exit codes: 0 all gates pass, 1 a gate failed, 2 bad input (config, arguments, artifacts,
-data), 3 an internal or infrastructure error.
+data), 3 an internal or infrastructure error. Every error is one line on stderr that names
+what is wrong and where; `--debug` adds the traceback.
 """
 
 from __future__ import annotations
@@ -9,8 +10,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,6 +21,8 @@ from scheduler.config import ConfigError, LoadedConfig, load_config
 from scheduler.validate import EXIT_BAD_INPUT, EXIT_GATE_FAILED, EXIT_INTERNAL, EXIT_PASS
 
 DEFAULT_CONFIG = "targets.yaml"
+# How long `validate` keeps retrying ledger writes that fail (a lock held elsewhere) before it gives up.
+VALIDATE_WRITE_PATIENCE_SECONDS = 120.0
 
 
 class UsageError(Exception):
@@ -85,11 +90,19 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if show_progress:
         print(f"starting Ray and {len(jobs)} job(s)...", file=sys.stderr, flush=True)
     dispatcher.start()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # after Ray's start, which installs a handler of its own
+        signal.signal(sig, lambda number, _frame: dispatcher.stop(signal.Signals(number).name))
     try:
-        result = run_validation(loaded, jobs, ledger, dispatcher, progress=_progress if show_progress else None)
+        result = run_validation(loaded, jobs, ledger, dispatcher, progress=_progress if show_progress else None,
+                                give_up_writes_after=VALIDATE_WRITE_PATIENCE_SECONDS)
     finally:
         dispatcher.shutdown()
         ledger.close()
+    if dispatcher.stop_reason:
+        cancelled = sum(1 for r in result.records if r.result.error and "validate stopped by" in r.result.error)
+        print(f"error: validate stopped by {dispatcher.stop_reason}: {len(result.records) - cancelled} of "
+              f"{len(jobs)} job(s) finished, {cancelled} recorded as cancelled in {ledger.where}", file=sys.stderr)
+        return EXIT_INTERNAL
     doc = render.document(result)
     if args.json:
         _print_json(doc)
@@ -131,10 +144,11 @@ def _check_plot_dir(directory: str) -> None:
 
 
 def _ledger(args: argparse.Namespace):
+    """The ledger, only to be read (status, history, report): a read-only file is enough."""
     from scheduler.ledger import Ledger
 
     loaded = _load(args, check_files=False)
-    return Ledger(loaded.config.ledger, loaded.base_dir)
+    return Ledger.for_reading(loaded.config.ledger, loaded.base_dir)
 
 
 def _when(ts: float | None) -> str:
@@ -179,7 +193,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_daemon(args: argparse.Namespace) -> int:
     from scheduler.daemon import run_daemon
+    from scheduler.http import ListenError, parse_listen
 
+    if args.listen is not None:
+        try:
+            parse_listen(args.listen)
+        except ListenError as exc:
+            raise UsageError(f"--listen: {exc}") from exc
     return run_daemon(args.config, listen=args.listen)
 
 
@@ -238,12 +258,15 @@ def _sweep_once(loaded: LoadedConfig, args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="revalidator", description="Re-validate quantized models against their "
                                      "full-precision baselines on every hardware target.")
+    parser.add_argument("--debug", action="store_true", help="print the traceback of an internal error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, func: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("-c", "--config", default=os.environ.get("REVALIDATOR_CONFIG", DEFAULT_CONFIG),
                        help="config file (default: $REVALIDATOR_CONFIG or targets.yaml)")
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="print the traceback of an internal error")
         p.set_defaults(func=func)
         return p
 
@@ -272,20 +295,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    import sqlalchemy as sa
+
     from scheduler.dispatch import InfrastructureError
+    from scheduler.http import ListenError
     from scheduler.ledger import LedgerError
+
+    def fail(code: int, message: str) -> int:
+        if args.debug and code == EXIT_INTERNAL:
+            traceback.print_exc()
+        print(f"error: {message}", file=sys.stderr)
+        return code
 
     try:
         return args.func(args)
     except ConfigError as exc:
         print("\n".join(f"error: {e}" for e in exc.errors), file=sys.stderr)
         return EXIT_BAD_INPUT
-    except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    except (UsageError, ListenError) as exc:
+        return fail(EXIT_BAD_INPUT, str(exc))
     except (InfrastructureError, LedgerError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_INTERNAL
+        return fail(EXIT_INTERNAL, str(exc))
+    except sa.exc.SQLAlchemyError as exc:  # a ledger read that failed outside the ledger's own handling
+        return fail(EXIT_INTERNAL, f"ledger: {str(getattr(exc, 'orig', exc)).splitlines()[0]}")
+    except KeyboardInterrupt:
+        return fail(EXIT_INTERNAL, "interrupted")
+    except Exception as exc:  # a bug: one line, the traceback with --debug
+        hint = "" if args.debug else " (run with --debug for the traceback)"
+        return fail(EXIT_INTERNAL, f"internal error: {type(exc).__name__}: {exc}{hint}")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,20 @@ Response = tuple[int, str, bytes]
 Route = Callable[[dict[str, str]], Response]
 
 
+class ListenError(ValueError):
+    """A listen address that is not HOST:PORT with a port in 0..65535 (bad input, exit 2)."""
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """(host, port) of "HOST:PORT"; checked here so that a typo is bad input, not a crash at bind time."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ListenError(f"listen address {listen!r}: expected HOST:PORT, e.g. 127.0.0.1:9477")
+    if not 0 <= int(port) <= 65535:
+        raise ListenError(f"listen address {listen!r}: port {port} is outside 0..65535")
+    return host, int(port)
+
+
 def json_response(status: int, document: object) -> Response:
     return status, "application/json", (json.dumps(document, default=str) + "\n").encode()
 
@@ -72,9 +86,9 @@ class HttpServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, listen: str, routes: dict[tuple[str, str], Route], tls: Any = None) -> None:
-        host, _, port = listen.rpartition(":")
+        host, port = parse_listen(listen)
         self.routes = routes
-        super().__init__((host, int(port)), _Handler)
+        super().__init__((host, port), _Handler)
         if tls is not None:
             self.socket = tls_context(tls).wrap_socket(self.socket, server_side=True)
         self._thread = threading.Thread(target=self.serve_forever, name="http", daemon=True)

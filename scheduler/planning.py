@@ -49,7 +49,10 @@ class FileHasher:
         cached = self._cache.get(path)
         if cached and cached[0] == stamp:
             return cached[1]
-        digest = sha256_path(path) or "missing"
+        try:
+            digest = sha256_path(path) or "missing"
+        except OSError as exc:  # unreadable now: planned anyway, and the job reports it (never a crash here)
+            return f"unreadable: {exc.strerror or exc}"
         self._cache[path] = (stamp, digest)
         return digest
 

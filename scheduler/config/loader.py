@@ -121,6 +121,24 @@ def _message(error: dict[str, Any], path: Path_) -> str:
     return error["msg"].removeprefix("Value error, ")
 
 
+# Runners whose artifact is one file; others (plugins, model folders) may be given a directory.
+FILE_RUNNERS = frozenset({"onnxruntime", "torch", "tensorrt"})
+
+
+def unusable_path(path: str, file_only: bool) -> str | None:
+    """Why a configured file cannot be used (missing, a directory where a file is read, unreadable), or None."""
+    target = Path(path)
+    if not target.exists():
+        return f"file not found: {path}"
+    if target.is_dir():
+        if file_only:
+            return f"is a directory, not a file: {path}"
+        unreadable = not os.access(target, os.R_OK | os.X_OK)
+    else:
+        unreadable = not os.access(target, os.R_OK)
+    return f"not readable by this user: {path}" if unreadable else None
+
+
 def _cross_references(config: Config, lines: _Located, loaded: LoadedConfig) -> list[str]:
     """What the schema cannot see: names that must exist, runners a target must offer, files."""
     problems: list[tuple[Path_, str]] = []
@@ -136,21 +154,20 @@ def _cross_references(config: Config, lines: _Located, loaded: LoadedConfig) -> 
                 problems.append((("models", name, "targets", i), f"target {target!r} offers no runner {missing}"))
         if model.targets is None and not any(runners <= set(t.runners) for t in config.targets.values()):
             problems.append((("models", name), f"no target offers all of its runners {sorted(runners)}"))
-        artifacts = [(("baseline", "path"), model.baseline.path)]
+        artifacts = [(("baseline", "path"), model.baseline.path, model.baseline.runner in FILE_RUNNERS)]
         for cname, cand in model.candidates.items():
-            artifacts.append((("candidates", cname, "path"), cand.path))
+            artifacts.append((("candidates", cname, "path"), cand.path, cand.runner in FILE_RUNNERS))
             if cand.quantization.calibration_set:
                 artifacts.append((("candidates", cname, "quantization", "calibration_set"),
-                                  cand.quantization.calibration_set))
-        for sub, relative in artifacts:
-            if not Path(loaded.resolve(relative)).exists():
-                problems.append((("models", name, *sub), f"file not found: {loaded.resolve(relative)}"))
+                                  cand.quantization.calibration_set, False))
+        for sub, relative, file_only in artifacts:
+            if problem := unusable_path(loaded.resolve(relative), file_only):
+                problems.append((("models", name, *sub), problem))
     for name, suite in config.suites.items():
-        if suite.data is not None and not Path(loaded.resolve(suite.data)).is_file():
-            problems.append((("suites", name, "data"), f"file not found: {loaded.resolve(suite.data)}"))
-        if suite.generation and not Path(loaded.resolve(suite.generation.tokenizer)).is_file():
-            problems.append((("suites", name, "generation", "tokenizer"),
-                             f"file not found: {loaded.resolve(suite.generation.tokenizer)}"))
+        if suite.data is not None and (problem := unusable_path(loaded.resolve(suite.data), True)):
+            problems.append((("suites", name, "data"), problem))
+        if suite.generation and (problem := unusable_path(loaded.resolve(suite.generation.tokenizer), True)):
+            problems.append((("suites", name, "generation", "tokenizer"), problem))
     try:
         from apscheduler.triggers.cron import CronTrigger
 
