@@ -20,6 +20,7 @@ from typing import Any
 
 from runners.backends import ArtifactError
 from runners.contracts import ArtifactSpec, CheckResult, SuiteSpec
+from runners.process import run_in_group
 from runners.verdict import above, decide
 from runners.data import DataError
 
@@ -72,7 +73,7 @@ def run_command(argv: list[str], model: str, timeout: float) -> dict[tuple[str, 
         output = Path(scratch)
         args = [a.replace("{model}", model).replace("{output}", str(output)) for a in argv]
         try:
-            done = subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False)
+            done = run_in_group(args, timeout=timeout)  # a timeout ends the harness's own children too
         except FileNotFoundError as exc:
             raise ArtifactError(f"external command {args[0]!r} not found on this target") from exc
         except subprocess.TimeoutExpired as exc:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from runners.probes.base import NotApplicable
+from runners.process import run_in_group
 
 MAX_VALUE_CHARS = 256
 
@@ -20,8 +21,10 @@ def custom_probe(name: str, spec: dict[str, Any]) -> Callable[[], dict[str, str]
         return {name: path.read_text().strip()[:MAX_VALUE_CHARS]}
 
     def run_command() -> dict[str, str]:
-        done = subprocess.run(list(spec["command"]), capture_output=True, text=True, check=True,
-                              timeout=float(spec.get("timeout_seconds", 10)))
+        argv = list(spec["command"])
+        done = run_in_group(argv, timeout=float(spec.get("timeout_seconds", 10)))  # a timeout ends its children too
+        if done.returncode != 0:
+            raise subprocess.CalledProcessError(done.returncode, argv, done.stdout, done.stderr)
         return {name: done.stdout.strip()[:MAX_VALUE_CHARS]}
 
     return read_file if "file" in spec else run_command
