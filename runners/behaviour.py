@@ -20,7 +20,7 @@ from runners.contracts import CheckResult, CheckSpec
 from runners.generate import Generation
 from runners.metrics import row_metrics
 from runners.stats import mcnemar_p, wilson_interval
-from runners.text import PromptSet
+from runners.text import PromptSet, matches
 from runners.verdict import above, below, decide
 
 DEFAULT_REFUSAL_PATTERNS = (
@@ -65,27 +65,42 @@ class ModelScores:
 def score(texts: list[str], prompts: PromptSet, refusal_patterns: tuple[str, ...]) -> ModelScores:
     fmt = np.array([np.nan if p.format is None else float(format_ok(t, p.format))
                     for t, p in zip(texts, prompts.prompts)])
-    exact = np.array([np.nan if p.reference is None else float(t.strip() == p.reference.strip())
+    exact = np.array([np.nan if p.reference is None else float(matches(t, p.reference, p.match))
                       for t, p in zip(texts, prompts.prompts)])
     return ModelScores(texts, refused(texts, refusal_patterns), fmt, exact)
 
 
 @dataclass
 class Drift:
-    """The pair compared token by token, per prompt."""
+    """The pair compared token by token, per prompt, and step by step where both models saw the
+    same context: `step_*` hold one entry per such step, `step_rows` the prompt it belongs to."""
 
     compared: np.ndarray  # positions compared: the longer of the two outputs
     agree: np.ndarray  # positions where both chose the same token
     first_divergence: np.ndarray  # first differing position; == compared when identical
     curve_compared: np.ndarray  # (prompts, len(positions)): positions compared before each curve point
     curve_agree: np.ndarray
-    kl_sum: np.ndarray  # per-step KL summed over the steps that shared a context
-    kl_steps: np.ndarray
     positions: tuple[int, ...]
     nonfinite: np.ndarray  # bool per prompt: a step logit of either model was not finite
+    step_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    step_kl: np.ndarray = field(default_factory=lambda: np.zeros(0))  # KL(baseline || candidate)
+    step_top1: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # same top-1 token
 
 
-def drift(baseline: Generation, candidate: Generation, positions: tuple[int, ...]) -> Drift:
+@dataclass
+class ForcedSteps:
+    """Per prompt, per position of the baseline's continuation, from a teacher-forced pass of both
+    models over it: KL(baseline || candidate) and top-1 agreement."""
+
+    kl: list[np.ndarray]
+    top1: list[np.ndarray]
+
+
+def drift(baseline: Generation, candidate: Generation, positions: tuple[int, ...],
+          forced: ForcedSteps | None = None) -> Drift:
+    """Token agreement of the two outputs; the step comparison from `forced` (teacher-forced, every
+    position of the baseline's output) or else from the kept step logits, up to and including
+    the first divergence (past it the two models describe different texts)."""
     compared = np.maximum(baseline.lengths, candidate.lengths)
     width = baseline.tokens.shape[1]
     inside = np.arange(width)[None, :] < compared[:, None]
@@ -96,26 +111,28 @@ def drift(baseline: Generation, candidate: Generation, positions: tuple[int, ...
     points = np.minimum(np.array(positions), width)
     curve_compared = np.minimum(points[None, :], compared[:, None])
     curve_agree = np.take_along_axis(cumulative, curve_compared, axis=1)
-    kl_sum = np.zeros(len(compared))
-    kl_steps = np.zeros(len(compared), np.int64)
     nonfinite = np.zeros(len(compared), bool)
     for logits in (baseline.logits, candidate.logits):
         if logits is not None:
             nonfinite |= ~np.isfinite(logits).reshape(len(compared), -1).all(axis=1)
-    if baseline.logits is not None and candidate.logits is not None:
-        # Up to and including the first divergence both models saw the same context, so their
-        # step distributions are comparable; past it they describe different texts.
+    out = Drift(compared, equal.sum(axis=1), first, curve_compared, curve_agree, tuple(int(p) for p in positions),
+                nonfinite)
+    if forced is not None:
+        out.step_rows = np.concatenate([np.full(len(k), r) for r, k in enumerate(forced.kl)]).astype(np.int64)
+        out.step_kl = np.concatenate(forced.kl) if forced.kl else np.zeros(0)
+        out.step_top1 = np.concatenate(forced.top1).astype(bool) if forced.top1 else np.zeros(0, bool)
+        out.nonfinite |= np.array([not np.isfinite(k).all() for k in forced.kl], bool)
+    elif baseline.logits is not None and candidate.logits is not None:
         shared = np.minimum(first + 1, np.minimum(baseline.lengths, candidate.lengths))
         rows, steps = np.nonzero(np.arange(width)[None, :] < shared[:, None])
         if len(rows):
             # Those steps as class-major rows: the same per-row KL as the classification harness.
             step_b = np.ascontiguousarray(baseline.logits[rows, steps].T)
             step_c = np.ascontiguousarray(candidate.logits[rows, steps].T)
-            step_kl = row_metrics(step_b, step_c, None).column("kl")
-            kl_sum = np.bincount(rows, weights=step_kl, minlength=len(compared))
-            kl_steps = np.bincount(rows, minlength=len(compared))
-    return Drift(compared, equal.sum(axis=1), first, curve_compared, curve_agree, kl_sum, kl_steps,
-                 tuple(int(p) for p in positions), nonfinite)
+            metrics = row_metrics(step_b, step_c, None)
+            out.step_rows, out.step_kl = rows.astype(np.int64), metrics.column("kl").astype(np.float64)
+            out.step_top1 = metrics.column("agree").astype(bool)
+    return out
 
 
 @dataclass
@@ -131,6 +148,8 @@ class GroupBehaviour:
     curve: dict[int, float] = field(default_factory=dict)
     kl_sum: float = 0.0
     kl_steps: int = 0
+    kl_p99: float = 0.0
+    top1_steps: int = 0  # steps where the candidate's top-1 token is the baseline's
     nonfinite: int = 0  # prompts with a non-finite step logit
 
 
@@ -150,7 +169,11 @@ def group_behaviour(rows: np.ndarray, base: ModelScores, cand: ModelScores, pair
     g.first_divergence = pair.first_divergence[rows][pair.first_divergence[rows] < pair.compared[rows]]
     compared, agreed = pair.curve_compared[rows].sum(axis=0), pair.curve_agree[rows].sum(axis=0)
     g.curve = {p: float(a / c) if c else 1.0 for p, a, c in zip(pair.positions, agreed, compared)}
-    g.kl_sum, g.kl_steps = float(pair.kl_sum[rows].sum()), int(pair.kl_steps[rows].sum())
+    in_group = np.isin(pair.step_rows, rows)
+    kl = pair.step_kl[in_group]
+    g.kl_sum, g.kl_steps = float(kl.sum()), int(len(kl))
+    g.kl_p99 = float(np.percentile(kl, 99)) if len(kl) else 0.0
+    g.top1_steps = int(pair.step_top1[in_group].sum())
     g.nonfinite = int(pair.nonfinite[rows].sum())
     return g
 
@@ -171,13 +194,20 @@ def _rate_check(flag: str, two_sided: bool):
     def judge(g: GroupBehaviour, limit: float, confidence: float):
         n, base, cand, b_only, c_only = g.flags[flag]
         rb, rc = base / max(n, 1), cand / max(n, 1)
+        statistic: dict[str, Any] = {"baseline_only": b_only, "candidate_only": c_only}
         if two_sided:  # a refusal rate that moves either way is a behaviour change
-            p = min(1.0, 2 * mcnemar_p(max(b_only, c_only), min(b_only, c_only)))
+            statistic["mcnemar_p"] = min(1.0, 2 * mcnemar_p(max(b_only, c_only), min(b_only, c_only)))
             breached = above(abs(rc - rb), limit)
+            # A baseline that never refuses cannot show a drop, one that always refuses no rise:
+            # say which direction this slice could judge.
+            if n and base == 0:
+                statistic["judged"] = "rise"
+            elif n and base == n:
+                statistic["judged"] = "drop"
         else:  # a drop: baseline right where the candidate is not
-            p = mcnemar_p(b_only, c_only)
+            statistic["mcnemar_p"] = mcnemar_p(b_only, c_only)
             breached = above(rb - rc, limit)
-        return n, rb, rc, breached, {"mcnemar_p": p, "baseline_only": b_only, "candidate_only": c_only}
+        return n, rb, rc, breached, statistic
     return judge
 
 
@@ -200,8 +230,18 @@ def divergence_quantiles(first_divergence: np.ndarray) -> dict[str, float] | Non
 
 
 def _mean_step_kl(g: GroupBehaviour, limit: float, confidence: float):
-    value = g.kl_sum / g.kl_steps if g.kl_steps else 0.0
-    return g.n, 0.0, value, above(value, limit), {"kl_steps": g.kl_steps}
+    if not g.kl_steps:  # nothing to measure (no step outputs kept): insufficient, never a pass
+        return 0, 0.0, None, False, {"kl_steps": 0}
+    value = g.kl_sum / g.kl_steps
+    return g.n, 0.0, value, above(value, limit), {"kl_steps": g.kl_steps, "kl_p99": g.kl_p99}
+
+
+def _step_top1(g: GroupBehaviour, limit: float, confidence: float):
+    if not g.kl_steps:
+        return 0, 1.0, None, False, {"steps": 0}
+    value = g.top1_steps / g.kl_steps
+    low, high = wilson_interval(g.top1_steps, g.kl_steps, confidence)
+    return g.n, 1.0, value, below(value, limit), {"steps": g.kl_steps, "wilson_low": low, "wilson_high": high}
 
 
 GENERATION_CHECKS = {
@@ -210,6 +250,7 @@ GENERATION_CHECKS = {
     "max_exact_match_drop": _rate_check("exact", two_sided=False),
     "min_token_agreement": _token_agreement,
     "max_mean_step_kl": _mean_step_kl,
+    "min_step_top1_agreement": _step_top1,
 }
 # Checks that only concern the prompts that carry a format or a reference.
 SUBSET_FLAGS = {"max_format_drop": "format", "max_exact_match_drop": "exact"}
@@ -224,5 +265,5 @@ def judge_generation(check: CheckSpec, dimension: str, value: str, g: GroupBehav
     if g.nonfinite:
         statistic = statistic | {"nonfinite_prompts": g.nonfinite}
     return CheckResult(check=check.name, dimension=dimension, value=value, n=n, baseline=base, candidate=cand,
-                       delta=cand - base, tolerance=check.limit, verdict=decide(n, min_slice_size, breached, g.nonfinite),
-                       statistic=statistic)
+                       delta=None if cand is None else cand - base, tolerance=check.limit,
+                       verdict=decide(n, min_slice_size, breached, g.nonfinite), statistic=statistic)

@@ -56,3 +56,16 @@ def greedy_generate(step: Step, prompts: list[list[int]], *, context: int, max_n
     past_stop = np.arange(max_new_tokens)[None, :] >= lengths[:, None]
     tokens[past_stop] = stop_id
     return Generation(tokens=tokens, lengths=lengths, logits=kept)
+
+
+def apply_caps(generation: Generation, caps: list[int], stop_id: int) -> Generation:
+    """Cut each output at its prompt's own token budget (a prompt's cap below the suite's)."""
+    limits = np.array(caps, dtype=np.int32)
+    lengths = np.minimum(generation.lengths, limits)
+    tokens = generation.tokens.copy()
+    tokens[np.arange(tokens.shape[1])[None, :] >= lengths[:, None]] = stop_id
+    logits = generation.logits
+    if logits is not None:
+        logits = logits.copy()
+        logits[np.arange(logits.shape[1])[None, :] >= lengths[:, None]] = 0.0
+    return Generation(tokens=tokens, lengths=lengths, logits=logits)

@@ -1,5 +1,9 @@
 """The generative harness: both models generate greedily on the same prompts, then every
-behaviour check is judged on the aggregate and on every slice value."""
+behaviour check is judged on the aggregate and on every slice value.
+
+Two kinds of model: step models (onnxruntime or torch: the last `context` tokens in, next-token
+logits out, with a character vocabulary file), and causal LLMs through transformers (KV cache,
+the model's own tokenizer and chat template, a teacher-forced pass for the per-step comparison)."""
 
 from __future__ import annotations
 
@@ -7,23 +11,28 @@ from dataclasses import dataclass
 from typing import Any
 
 from runners.backends import ArtifactError, make_runner
-from runners.behaviour import (DEFAULT_CURVE_POSITIONS, DEFAULT_REFUSAL_PATTERNS, SUBSET_FLAGS, ModelScores,
+from runners.behaviour import (DEFAULT_CURVE_POSITIONS, DEFAULT_REFUSAL_PATTERNS, SUBSET_FLAGS, Drift, ModelScores,
                                divergence_quantiles, drift, judge_generation, score, slice_behaviour)
 from runners.contracts import ArtifactSpec, CheckResult, SuiteSpec
 from runners.data import DataError
-from runners.generate import Generation, greedy_generate
+from runners.generate import Generation, apply_caps, greedy_generate
 from runners.text import CharTokenizer, PromptSet, load_prompts
+
+
+LM_RUNNERS = frozenset({"transformers"})
 
 
 @dataclass(frozen=True)
 class GenerationSettings:
-    tokenizer: str
-    context: int
     max_new_tokens: int
-    stop: str = "\n"
+    tokenizer: str | None = None  # step models: the character vocabulary file
+    context: int | None = None  # step models: the token window
+    stop: str | None = "\n"  # step models: the stop token; LLMs: a string that ends the text (EOS always does)
     input: str | None = None  # the model input that takes the token window; None: its only input
     refusal_patterns: tuple[str, ...] = DEFAULT_REFUSAL_PATTERNS
     curve_positions: tuple[int, ...] = DEFAULT_CURVE_POSITIONS
+    chat_template: bool = True  # LLMs: wrap each prompt in the model's chat template
+    system_prompt: str | None = None  # LLMs: a system message before each prompt
 
     @classmethod
     def of(cls, suite: SuiteSpec) -> "GenerationSettings":
@@ -47,6 +56,8 @@ class GenerativeInputs:
 
 def load_inputs(suite: SuiteSpec, settings: GenerationSettings) -> GenerativeInputs:
     prompts = load_prompts(suite.data, suite.slices)
+    if settings.tokenizer is None or settings.context is None or settings.stop is None:
+        raise DataError(f"suite {suite.name!r}: step models need generation.tokenizer, context and stop")
     tokenizer = CharTokenizer.load(settings.tokenizer)
     if settings.stop not in tokenizer.tokens:
         raise DataError(f"{settings.tokenizer}: the stop token {settings.stop!r} is not in the vocabulary")
@@ -63,10 +74,12 @@ def generate(artifact: ArtifactSpec, options: dict[str, Any], inputs: Generative
         if name is None or name not in names:
             raise ArtifactError(f"{artifact.path}: generation needs one token input (set generation.input); "
                                 f"the model takes {names}")
-        return greedy_generate(lambda window: runner.infer({name: window}), inputs.prompt_ids,
+        stop_id = inputs.tokenizer.token_id(settings.stop)
+        made = greedy_generate(lambda window: runner.infer({name: window}), inputs.prompt_ids,
                                context=settings.context, max_new_tokens=settings.max_new_tokens,
-                               stop_id=inputs.tokenizer.token_id(settings.stop),
-                               pad_id=inputs.tokenizer.pad_id, batch_size=batch_size)
+                               stop_id=stop_id, pad_id=inputs.tokenizer.pad_id, batch_size=batch_size)
+    caps = inputs.prompts.caps(settings.max_new_tokens)
+    return made if min(caps) >= settings.max_new_tokens else apply_caps(made, caps, stop_id)
 
 
 def texts(generation: Generation, tokenizer: CharTokenizer, stop: str) -> list[str]:
@@ -81,10 +94,15 @@ def texts(generation: Generation, tokenizer: CharTokenizer, stop: str) -> list[s
 def judge_generations(baseline: Generation, candidate: Generation, inputs: GenerativeInputs,
                       suite: SuiteSpec, settings: GenerationSettings) -> tuple[list[CheckResult], dict[str, Any]]:
     """Every check on the aggregate and every slice value, and the drift curves per slice."""
-    scores: list[ModelScores] = [score(texts(g, inputs.tokenizer, settings.stop), inputs.prompts,
-                                       settings.refusal_patterns) for g in (baseline, candidate)]
-    pair = drift(baseline, candidate, settings.curve_positions)
-    groups = slice_behaviour(inputs.prompts, suite.slices, *scores, pair)
+    outputs = [texts(g, inputs.tokenizer, settings.stop) for g in (baseline, candidate)]
+    return judge_texts(outputs, drift(baseline, candidate, settings.curve_positions), inputs.prompts, suite, settings)
+
+
+def judge_texts(outputs: list[list[str]], pair: Drift, prompts: PromptSet, suite: SuiteSpec,
+                settings: GenerationSettings) -> tuple[list[CheckResult], dict[str, Any]]:
+    """The checks and drift curves from both models' texts and their token-level comparison."""
+    scores: list[ModelScores] = [score(t, prompts, settings.refusal_patterns) for t in outputs]
+    groups = slice_behaviour(prompts, suite.slices, *scores, pair)
     aggregate_counts = groups[("all", "all")].flags
     for check in suite.checks:
         flag = SUBSET_FLAGS.get(check.name)
@@ -100,7 +118,7 @@ def judge_generations(baseline: Generation, candidate: Generation, inputs: Gener
     curves = {"positions": list(pair.positions), "slices": [
         {"dimension": d, "value": v, "n": g.n, "agreement": [round(g.curve[p], 6) for p in pair.positions],
          "identical": round(g.identical / max(g.n, 1), 6),
-         "mean_step_kl": round(g.kl_sum / g.kl_steps, 8) if g.kl_steps else 0.0,
+         "mean_step_kl": round(g.kl_sum / g.kl_steps, 8) if g.kl_steps else None,
          "first_divergence": divergence_quantiles(g.first_divergence)}
         for (d, v), g in groups.items()]}
     return results, curves

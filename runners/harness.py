@@ -20,8 +20,8 @@ from runners.contracts import (ERROR, FAIL, INSUFFICIENT, PASS, AGGREGATE_DIMENS
                                CheckResult, JobResult, JobSpec, SuiteSpec, worst_verdict)
 from runners.data import DataError, EvalData, load_eval_data
 from runners.external import compare, results_for
-from runners.generative import GenerationSettings, generate, judge_generations, load_inputs
-from runners.hashing import sha256_path
+from runners.generative import LM_RUNNERS, GenerationSettings, generate, judge_generations, load_inputs
+from runners.hashing import artifact_digests, sha256_path
 from runners.metrics import row_metrics, slice_stats
 from runners.probes import probe_stack
 from runners.tensor_checks import TENSOR_CHECKS, judge_tensor, tensor_stats
@@ -82,9 +82,15 @@ def run_at_batch_sizes(spec: JobSpec, data: EvalData) -> tuple[list[CheckResult]
     return checks, spread
 
 
-def run_generation(spec: JobSpec) -> tuple[list[CheckResult], dict[str, Any]]:
-    """Both step models generate on the same prompts; the checks and the drift curves."""
+def run_generation(spec: JobSpec, provenance: dict[str, Any]) -> tuple[list[CheckResult], dict[str, Any]]:
+    """Both models generate on the same prompts; the checks and the drift curves."""
     settings = GenerationSettings.of(spec.suite)
+    if {spec.baseline.runner, spec.candidate_artifact.runner} & LM_RUNNERS:
+        from runners.lm_generation import run_lm_generation
+
+        checks, curves, extra = run_lm_generation(spec, settings, provenance)
+        provenance.update(extra)
+        return checks, curves
     inputs = load_inputs(spec.suite, settings)
     generations = [generate(a, spec.runner_options.get(a.runner, {}), inputs, settings, spec.batch_size)
                    for a in (spec.baseline, spec.candidate_artifact)]
@@ -106,11 +112,13 @@ def candidate_verdict(checks: list[CheckResult], suite: SuiteSpec) -> str:
 def provenance(spec: JobSpec, fingerprint: dict[str, Any]) -> dict[str, Any]:
     """Everything needed to audit and reproduce the run."""
     calibration = spec.candidate_artifact.quantization.get("calibration_set")
+    baseline = artifact_digests(spec.baseline.path)
+    # A recipe candidate is the baseline's own files: hash them once.
+    same = spec.candidate_artifact.path == spec.baseline.path
+    candidate = baseline if same else artifact_digests(spec.candidate_artifact.path)
     return {
-        "baseline": {"path": spec.baseline.path, "runner": spec.baseline.runner,
-                     "sha256": sha256_path(spec.baseline.path)},
-        "candidate": {"path": spec.candidate_artifact.path, "runner": spec.candidate_artifact.runner,
-                      "sha256": sha256_path(spec.candidate_artifact.path)},
+        "baseline": {"path": spec.baseline.path, "runner": spec.baseline.runner, **baseline},
+        "candidate": {"path": spec.candidate_artifact.path, "runner": spec.candidate_artifact.runner, **candidate},
         "quantization": dict(spec.candidate_artifact.quantization),
         "calibration_set_sha256": sha256_path(calibration) if calibration else None,
         "suite": {"name": spec.suite.name, "data": spec.suite.data,
@@ -131,7 +139,8 @@ def provenance(spec: JobSpec, fingerprint: dict[str, Any]) -> dict[str, Any]:
 def _generation_provenance(suite: SuiteSpec) -> dict[str, Any]:
     if not suite.generation:
         return {}
-    return {"generation": dict(suite.generation), "tokenizer_sha256": sha256_path(suite.generation["tokenizer"])}
+    tokenizer = suite.generation.get("tokenizer")
+    return {"generation": dict(suite.generation), "tokenizer_sha256": sha256_path(tokenizer) if tokenizer else None}
 
 
 def run_job(spec: JobSpec) -> JobResult:
@@ -142,7 +151,7 @@ def run_job(spec: JobSpec) -> JobResult:
         fingerprint = probe_stack(custom=spec.probes)
         result.provenance = provenance(spec, fingerprint)
         if spec.suite.task == "generation":
-            result.checks, result.provenance["drift"] = run_generation(spec)
+            result.checks, result.provenance["drift"] = run_generation(spec, result.provenance)
         elif spec.suite.task == "external":
             settings = spec.suite.external or {}
             scores = [results_for(a, settings) for a in (spec.baseline, spec.candidate_artifact)]

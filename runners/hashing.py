@@ -25,3 +25,16 @@ def sha256_path(path: str | Path) -> str | None:
             digest.update(str(child.relative_to(path)).encode() + sha256_file(child).encode())
         return digest.hexdigest()
     return None
+
+
+def artifact_digests(path: str | Path) -> dict[str, object]:
+    """{"sha256": ...} for a file; for a folder also "files": every file's own sha256 (the folder's
+    digest is the one sha256_path gives, computed from these)."""
+    path = Path(path)
+    if not path.is_dir():
+        return {"sha256": sha256_path(path)}
+    files = {str(p.relative_to(path)): sha256_file(p) for p in sorted(q for q in path.rglob("*") if q.is_file())}
+    digest = hashlib.sha256()
+    for name, file_digest in files.items():
+        digest.update(name.encode() + file_digest.encode())
+    return {"sha256": digest.hexdigest(), "files": files}

@@ -58,12 +58,33 @@ class CharTokenizer:
         return "".join(map(self.tokens.__getitem__, ids))
 
 
+# exact: the stripped text equals the reference; normalized: equal after case folding and
+# dropping punctuation and extra spaces; contains: the normalized reference appears in the
+# normalized text as whole words (for chat models that answer in a sentence).
+MATCH_MODES = ("exact", "normalized", "contains")
+
+
+def normalize(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s]", " ", text.casefold()).split())
+
+
+def matches(text: str, reference: str, mode: str) -> bool:
+    if mode == "exact":
+        return text.strip() == reference.strip()
+    answer, expected = normalize(text), normalize(reference)
+    if mode == "normalized":
+        return answer == expected
+    return bool(expected) and f" {expected} " in f" {answer} "
+
+
 @dataclass
 class Prompt:
     text: str
     slices: dict[str, str]
     reference: str | None = None
     format: dict[str, Any] | None = None  # {"json": true} | {"json_schema": {...}} | {"regex": "..."}
+    max_new_tokens: int | None = None  # a cap below the suite's, for prompts whose answers are short
+    match: str = "exact"  # how the answer meets its reference: exact, normalized, contains
 
 
 @dataclass
@@ -73,6 +94,10 @@ class PromptSet:
 
     def column(self, dimension: str) -> list[str]:
         return [p.slices[dimension] for p in self.prompts]
+
+    def caps(self, max_new_tokens: int) -> list[int]:
+        """Each prompt's token budget: its own cap, never above the suite's."""
+        return [min(p.max_new_tokens or max_new_tokens, max_new_tokens) for p in self.prompts]
 
 
 def _format_spec(value: Any, where: str) -> dict[str, Any] | None:
@@ -119,8 +144,14 @@ def load_prompts(path: str | Path, slices: tuple[str, ...] | list[str]) -> Promp
         reference = row.get("reference")
         if reference is not None and not isinstance(reference, str):
             raise DataError(f"{where}: \"reference\" must be a string")
+        cap = row.get("max_new_tokens")
+        if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 1):
+            raise DataError(f"{where}: \"max_new_tokens\" must be a positive integer")
+        match = row.get("match", "exact")
+        if match not in MATCH_MODES:
+            raise DataError(f"{where}: \"match\" must be one of {', '.join(MATCH_MODES)}")
         out.prompts.append(Prompt(row["prompt"], {s: str(row[s]) for s in slices}, reference,
-                                  _format_spec(row.get("format"), where)))
+                                  _format_spec(row.get("format"), where), cap, match))
     if not out.prompts:
         raise DataError(f"{path}: no prompts")
     return out

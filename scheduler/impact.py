@@ -16,7 +16,9 @@ ALL, GPU = "all", "gpu"
 DEFAULT_IMPACT: dict[str, str | tuple[str, ...]] = {
     "kernel": ALL, "os": ALL, "arch": ALL, "cpu_model": ALL, "cpu_flags": ALL, "cpu_microcode": ALL,
     "python": ALL, "container_image": ALL,
-    "torch": ("torch",), "torch_cuda": ("torch",),
+    "torch": ("torch", "transformers"), "torch_cuda": ("torch", "transformers"),
+    "transformers": ("transformers",), "tokenizers": ("transformers",), "safetensors": ("transformers",),
+    "torchao": ("transformers",), "accelerate": ("transformers",), "gguf": ("transformers",),
     "onnxruntime": ("onnxruntime",), "onnxruntime_build": ("onnxruntime",), "onnxruntime_providers": ("onnxruntime",),
     "tensorrt": ("tensorrt",),
     "nvidia_state": GPU, "nvidia_driver": GPU, "cuda_driver": GPU,
@@ -36,6 +38,8 @@ def uses_gpu(target: Target, runner: str) -> bool:
         return bool(_GPU_PROVIDERS & set(target.options.onnxruntime.providers))
     if runner == "torch":
         return target.options.torch.device.startswith("cuda")
+    if runner == "transformers":
+        return target.options.transformers.device.startswith("cuda")
     return runner == "tensorrt"
 
 

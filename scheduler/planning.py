@@ -78,7 +78,9 @@ def _generation(loaded: LoadedConfig, suite: Suite) -> dict | None:
     if suite.generation is None:
         return None
     settings = suite.generation.model_dump(exclude_none=True)
-    settings["tokenizer"] = loaded.resolve(suite.generation.tokenizer)
+    settings["stop"] = suite.generation.stop  # None (no stop string) is a setting, not an omission
+    if suite.generation.tokenizer:
+        settings["tokenizer"] = loaded.resolve(suite.generation.tokenizer)
     return settings
 
 
@@ -110,6 +112,7 @@ def _no_gc() -> Iterator[None]:
 def _impact_profile(target: Target) -> tuple:
     """What, besides the component, decides `affects` for a target: its GPU options and probes."""
     return (tuple(target.options.onnxruntime.providers), target.options.torch.device,
+            target.options.transformers.device,
             tuple((name, str(p.affects)) for name, p in target.probes.items()))
 
 
@@ -145,7 +148,8 @@ class Planner:
                     key = _digest(self.hasher(baseline.path), self.hasher(artifact.path), quantization,
                                   self.hasher(quantization["calibration_set"]) if "calibration_set" in quantization
                                   else None, self.hasher(suite.data) if suite.data else None,
-                                  self.hasher(suite.generation["tokenizer"]) if suite.generation else None, suite)
+                                  self.hasher(suite.generation["tokenizer"])
+                                  if suite.generation and "tokenizer" in suite.generation else None, suite)
                     items.append(_Work(model_name, cand_name, baseline, artifact, suite,
                                        frozenset({baseline.runner, artifact.runner}),
                                        tuple(m.targets) if m.targets is not None else None, key))

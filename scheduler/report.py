@@ -21,6 +21,7 @@ _DESCRIBE = {
     "max_exact_match_drop": "exact match drop", "min_token_agreement": "token agreement",
     "max_mean_step_kl": "mean per-step KL", "min_within_tolerance": "share of elements within atol/rtol",
     "max_median_abs_diff": "median |diff|", "max_p99_abs_diff": "p99 |diff|",
+    "min_step_top1_agreement": "per-step top-1 agreement",
 }
 # Checks on a rate whose tolerance bounds baseline minus candidate.
 _DROPS = ("max_drop", "max_format_drop", "max_exact_match_drop")
@@ -81,8 +82,15 @@ def explain_failure(c: CheckResult) -> str:
     batch = f" at batch size {c.check.split('=', 1)[1]}" if "@batch=" in c.check else ""
     metric = c.check.split(":", 1)[1] if ":" in c.check else None  # an external harness's metric
     described = f"{metric} drop" if metric else _DESCRIBE[kind]
-    text = f"{where}{batch}: {described} {value:.4f} {relation} tolerance {c.tolerance:g}"
-    if kind in _RATES or kind == "max_relative_drop":
+    shown = "not finite" if value is None or value != value else f"{value:.4f}"
+    text = f"{where}{batch}: {described} {shown} {relation} tolerance {c.tolerance:g}"
+    if "nonfinite_rows" in c.statistic or "nonfinite_prompts" in c.statistic or c.statistic.get("nonfinite_elements"):
+        count = c.statistic.get("nonfinite_rows", c.statistic.get("nonfinite_prompts", c.statistic.get("nonfinite_elements")))
+        return text + f" (non-finite outputs: {count:g}), n={c.n}"
+    if kind == "max_refusal_rate_delta" and c.statistic.get("judged") in ("rise", "drop"):
+        text += (f" (refusal rate {c.baseline:.3f} -> {c.candidate:.3f}; only a {c.statistic['judged']} can be "
+                 f"measured here)")
+    elif kind in _RATES or kind == "max_relative_drop":
         text += f" ({metric or _RATES.get(kind, 'accuracy')} {c.baseline:.3f} -> {c.candidate:.3f}"
         text += f", McNemar p={c.statistic['mcnemar_p']:.2g})" if "mcnemar_p" in c.statistic else ")"
     elif kind == "min_token_agreement" and "first_divergence_p50" in c.statistic:

@@ -18,7 +18,7 @@ def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from examples.build import build
 
     out = tmp_path_factory.mktemp("demo")
-    build(out)
+    build(out, llm=False)
     return out
 
 

@@ -13,7 +13,7 @@ from dataclasses import asdict
 from typing import Any
 
 from runners.probes import (container, cpu, kernel, nvidia, onnxruntime_stack, os_release,  # noqa: F401
-                            python_version, tensorrt_stack, torch_stack)
+                            python_version, tensorrt_stack, torch_stack, transformers_stack)
 from runners.probes.base import PROBES, ProbeContext, ProbeResult, run_probe
 from runners.probes.custom import custom_probe
 from runners.probes.cpu import parse_cpuinfo

@@ -166,7 +166,8 @@ def _cross_references(config: Config, lines: _Located, loaded: LoadedConfig) -> 
     for name, suite in config.suites.items():
         if suite.data is not None and (problem := unusable_path(loaded.resolve(suite.data), True)):
             problems.append((("suites", name, "data"), problem))
-        if suite.generation and (problem := unusable_path(loaded.resolve(suite.generation.tokenizer), True)):
+        if suite.generation and suite.generation.tokenizer and \
+                (problem := unusable_path(loaded.resolve(suite.generation.tokenizer), True)):
             problems.append((("suites", name, "generation", "tokenizer"), problem))
     try:
         from apscheduler.triggers.cron import CronTrigger

@@ -7,7 +7,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-RUNNERS = ("onnxruntime", "torch", "tensorrt", "lm-eval")  # lm-eval: an external harness's results (task "external")
+# lm-eval: an external harness's results (task "external"); transformers: causal LLMs (task "generation").
+RUNNERS = ("onnxruntime", "torch", "tensorrt", "transformers", "lm-eval")
 # A custom backend given as "package.module:Class" (a runners.backends.base.Runner subclass).
 PLUGIN_RUNNER = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
 TASKS = ("classification", "generation", "external")
@@ -16,14 +17,14 @@ CLASSIFICATION_CHECKS = ("max_drop", "max_relative_drop", "min_accuracy", "min_a
                          # tensor-level, element by element (runners/tensor_checks.py)
                          "min_within_tolerance", "max_median_abs_diff", "max_p99_abs_diff")
 GENERATION_CHECKS = ("max_refusal_rate_delta", "max_format_drop", "max_exact_match_drop", "min_token_agreement",
-                     "max_mean_step_kl")
+                     "max_mean_step_kl", "min_step_top1_agreement")
 CHECK_NAMES = CLASSIFICATION_CHECKS + GENERATION_CHECKS
 CHECKS_BY_TASK = {"classification": CLASSIFICATION_CHECKS, "generation": GENERATION_CHECKS,
                   "external": ("max_drop",)}
 # Checks whose limit is a proportion in [0, 1]; the others are non-negative magnitudes.
 PROPORTION_CHECKS = ("max_drop", "max_relative_drop", "min_accuracy", "min_agreement", "min_cosine",
                      "max_refusal_rate_delta", "max_format_drop", "max_exact_match_drop", "min_token_agreement",
-                     "min_within_tolerance")
+                     "min_within_tolerance", "min_step_top1_agreement")
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 
 
@@ -62,10 +63,18 @@ class TensorRTOptions(Strict):
     cache_dir: str | None = None  # engines, keyed by GPU model, TensorRT version, model and options
 
 
+class TransformersOptions(Strict):
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: str = Field(default="cpu", pattern=r"^(cpu|cuda(:\d+)?)$")
+    threads: int | None = Field(default=None, ge=1, le=1024)
+    batch_size: int = Field(default=8, ge=1, le=4096)  # prompts generated together
+
+
 class RunnerOptions(Strict):
     onnxruntime: OnnxRuntimeOptions = Field(default_factory=OnnxRuntimeOptions)
     torch: TorchOptions = Field(default_factory=TorchOptions)
     tensorrt: TensorRTOptions = Field(default_factory=TensorRTOptions)
+    transformers: TransformersOptions = Field(default_factory=TransformersOptions)
 
 
 class Placement(Strict):
@@ -118,6 +127,8 @@ class Quantization(Strict):
     calibration_set: str | None = None
     tool: str | None = None
     tool_version: str | None = None
+    # transformers: a quantization applied to the artifact at load (runners/backends/recipes.py)
+    recipe: Literal["torchao-int8-weight-only", "torchao-int4-weight-only-g32", "torch-dynamic-int8"] | None = None
 
 
 class Artifact(Strict):
@@ -146,12 +157,16 @@ Checks = dict[Literal[CHECK_NAMES], float]  # type: ignore[valid-type]
 
 
 class Generation(Strict):
-    """How a generative suite drives its step models: greedy, up to max_new_tokens."""
+    """How a generative suite drives its models: greedy, up to max_new_tokens. Step models
+    (onnxruntime, torch) need the tokenizer, context and a one-character stop; transformers
+    models bring their tokenizer and stop at their end-of-sequence token."""
 
-    tokenizer: str = Field(min_length=1)  # a character vocabulary file: {"type": "characters", "tokens": [...]}
-    context: int = Field(ge=1, le=1_000_000)  # tokens the step model sees
+    tokenizer: str | None = Field(default=None, min_length=1)  # step models: {"type": "characters", "tokens": [...]}
+    context: int | None = Field(default=None, ge=1, le=1_000_000)  # tokens the step model sees
     max_new_tokens: int = Field(ge=1, le=100_000)
-    stop: str = Field(default="\n", min_length=1, max_length=1)
+    stop: str | None = Field(default="\n", min_length=1)  # step models: one character; LLMs: ends the text
+    chat_template: bool = True  # transformers: wrap each prompt in the model's chat template
+    system_prompt: str | None = None  # transformers: a system message before every prompt
     input: str | None = None  # the model input that takes the token window (default: its only input)
     refusal_patterns: list[str] | None = Field(default=None, min_length=1)  # regexes; None: the default set
     curve_positions: list[Annotated[int, Field(ge=1)]] | None = Field(default=None, min_length=1)

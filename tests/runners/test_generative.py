@@ -135,7 +135,9 @@ def test_step_kl_only_while_the_contexts_were_the_same() -> None:
     base.logits, cand.logits = lp_b, lp_c  # log-probabilities are logits too
     d = drift(base, cand, (4,))
     expected = float(np.sum(np.exp(lp_b[0, 1]) * (lp_b[0, 1] - lp_c[0, 1])))
-    assert d.first_divergence.tolist() == [1] and d.kl_steps.tolist() == [2] and d.kl_sum[0] == pytest.approx(expected, rel=1e-5)
+    assert d.first_divergence.tolist() == [1] and d.step_rows.tolist() == [0, 0]
+    assert d.step_kl.sum() == pytest.approx(expected, rel=1e-5)
+    assert d.step_top1.tolist() == [True, False]  # uniform ties pick token 0; the diverging step picked 2
 
 
 def test_refusals_and_formats() -> None:

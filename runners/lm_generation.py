@@ -1,0 +1,96 @@
+"""Generative suites on causal LLMs (the transformers runner): both models generate greedily on
+the same chat prompts with a KV cache, then both are scored teacher-forced on the baseline's
+output, so the per-step KL and top-1 agreement compare identical contexts at every position
+without keeping full-vocabulary logits for every step."""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from typing import Any
+
+from runners.backends.base import ArtifactError
+from runners.backends.recipes import recipe_record
+from runners.behaviour import ForcedSteps, drift
+from runners.contracts import CheckResult, JobSpec
+from runners.generate import Generation
+from runners.generative import GenerationSettings, judge_texts
+from runners.text import load_prompts
+
+RUNNER = "transformers"
+
+# Baseline outputs of recent jobs in this worker process, so the candidates of one sweep share one
+# baseline generation. Keyed by everything that decides them, the target's stack fingerprint
+# included; a few small token arrays each, the oldest dropped first.
+_BASELINE_CACHE: OrderedDict[str, tuple[Any, str]] = OrderedDict()
+_CACHE_ENTRIES = 8
+
+
+def _baseline_key(spec: JobSpec, provenance: dict[str, Any], settings: GenerationSettings,
+                  batch: int) -> str | None:
+    digest = provenance.get("baseline", {}).get("sha256")
+    data = provenance.get("suite", {}).get("data_sha256")
+    if digest is None or data is None:
+        return None
+    return json.dumps([digest, data, repr(settings), _options(spec, {}), batch,
+                       provenance.get("fingerprint", {}).get("hash")], sort_keys=True, default=str)
+
+
+def _options(spec: JobSpec, quantization: dict[str, Any]) -> dict[str, Any]:
+    options = dict(spec.runner_options.get(RUNNER, {}))
+    if quantization.get("recipe"):
+        options["recipe"] = quantization["recipe"]
+    return options
+
+
+def _texts(model: Any, generation: Generation, stop: str | None) -> list[str]:
+    out = []
+    for row, length in zip(generation.tokens, generation.lengths):
+        text = model.decode(row[:length])
+        out.append(text.split(stop, 1)[0] if stop else text)
+    return out
+
+
+def run_lm_generation(spec: JobSpec, settings: GenerationSettings,
+                      provenance: dict[str, Any]) -> tuple[list[CheckResult], dict[str, Any], dict[str, Any]]:
+    """Checks, drift curves, and what the provenance should add (recipe, token counts, where the
+    baseline's outputs came from)."""
+    from runners.backends.transformers_lm import CausalLM, compare_forced
+
+    if {spec.baseline.runner, spec.candidate_artifact.runner} != {RUNNER}:
+        raise ArtifactError(f"a generation suite compares two {RUNNER} models or two step models, not "
+                            f"{spec.baseline.runner} with {spec.candidate_artifact.runner}")
+    prompts = load_prompts(spec.suite.data, spec.suite.slices)
+    texts = [p.text for p in prompts.prompts]
+    batch = int(spec.runner_options.get(RUNNER, {}).get("batch_size") or 8)
+    with CausalLM(spec.baseline.path, _options(spec, {})) as base, \
+            CausalLM(spec.candidate_artifact.path, _options(spec, spec.candidate_artifact.quantization)) as cand:
+        ids = base.encode_prompts(texts, settings.chat_template, settings.system_prompt)
+        if cand.encode_prompts(texts, settings.chat_template, settings.system_prompt) != ids:
+            raise ArtifactError(f"{spec.candidate_artifact.path}: its tokenizer or chat template encodes the prompts "
+                                f"differently from the baseline's: the outputs would not be comparable")
+        caps = prompts.caps(settings.max_new_tokens)
+        key = _baseline_key(spec, provenance, settings, batch)
+        if key is not None and key in _BASELINE_CACHE:
+            baseline_made, source = _BASELINE_CACHE[key]
+            _BASELINE_CACHE.move_to_end(key)
+        else:
+            baseline_made, source = base.generate(ids, caps, batch), spec.job_id
+            if key is not None:
+                _BASELINE_CACHE[key] = (baseline_made, spec.job_id)
+                while len(_BASELINE_CACHE) > _CACHE_ENTRIES:
+                    _BASELINE_CACHE.popitem(last=False)
+        made = [baseline_made, cand.generate(ids, caps, batch)]
+        forced = compare_forced(base, cand, ids, made[0])
+        generations = [Generation(tokens=m.tokens, lengths=m.lengths, logits=None) for m in made]
+        outputs = [_texts(base, g, settings.stop) for g in generations]
+    pair = drift(*generations, settings.curve_positions, ForcedSteps(forced.kl, forced.top1))
+    checks, curves = judge_texts(outputs, pair, prompts, spec.suite, settings)
+    curves["samples"] = [{"prompt": t[:200], "baseline": b[:400], "candidate": c[:400]}
+                         for t, b, c in list(zip(texts, *outputs))[:3]]
+    extra: dict[str, Any] = {"prompt_tokens": int(sum(len(i) for i in ids)),
+                             "generated_tokens": [int(g.lengths.sum()) for g in generations],
+                             "baseline_outputs": {"generated_by_job": source, "reused": source != spec.job_id}}
+    if spec.candidate_artifact.quantization.get("recipe"):
+        extra["recipe"] = recipe_record(spec.candidate_artifact.quantization["recipe"])
+    return checks, curves, extra
