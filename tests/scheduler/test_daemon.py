@@ -66,8 +66,10 @@ def test_a_change_on_one_target_revalidates_only_its_jobs_and_nothing_else(clust
     assert {r["trigger"] for r in first} == {"catch-up"}
     assert Counter(r["target"] for r in first) == {"a": 2, "b": 2, "c": 2}
     ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    # The first probes race the workers' start-up (a 2 s probe timeout here): wait for every
+    # target's fingerprint, which a later poll records if the first one timed out.
+    wait_for(lambda: set(ledger.latest_fingerprints()) == {"a", "b", "c"}, 30, "every target's fingerprint")
     fingerprints = ledger.latest_fingerprints()
-    assert set(fingerprints) == {"a", "b", "c"}
     assert fingerprints["b"]["components"]["firmware"] == "1.0"
 
     # (b) Nothing changed: three polls later, nothing has run again.
