@@ -50,6 +50,7 @@ class SuiteSpec:
     checks: tuple[CheckSpec, ...]  # judged on the aggregate
     slice_checks: tuple[CheckSpec, ...] | None = None  # judged on every slice value; None: same as checks
     min_slice_size: int = 30
+    max_slice_values: int = 1000  # distinct values per slice column; more is an error naming the column
     confidence: float = 0.95
     insufficient_blocks_gate: bool = False
     output_kind: str = "logits"  # or "probabilities"

@@ -16,6 +16,9 @@ import numpy as np
 from runners.metrics import SliceIndex, build_slice_index
 
 LABELS = "labels"
+# Distinct values a slice column may hold: each value is judged, stored and reported, so a column
+# with a value per row (an id) would store a result row per example. Suites may set their own.
+DEFAULT_MAX_SLICE_VALUES = 1000
 
 
 class DataError(ValueError):
@@ -52,7 +55,43 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
 READERS: dict[str, Callable[[Path], dict[str, np.ndarray]]] = {".npz": _read_npz}
 
 
-def load_eval_data(path: str | Path, slice_columns: tuple[str, ...] | list[str]) -> EvalData:
+def _rows(mask: np.ndarray) -> str:
+    where = np.flatnonzero(mask)
+    return f"{len(where)} row(s) (first: {', '.join(str(i) for i in where[:5])})"
+
+
+def _labels(path: Path, labels: np.ndarray) -> np.ndarray:
+    """Integer class indices, or a DataError naming the rows that are not."""
+    if labels.dtype.kind == "f":
+        bad = ~np.isfinite(labels) | (labels != np.round(labels))
+        if bad.any():
+            raise DataError(f"{path}: labels must be integer class indices; {_rows(bad)} are not")
+    elif labels.dtype.kind not in "iub":
+        raise DataError(f"{path}: labels must be integer class indices, not {labels.dtype}")
+    labels = labels.astype(np.int64)
+    if (labels < 0).any():
+        raise DataError(f"{path}: labels must be class indices >= 0; {_rows(labels < 0)} are negative")
+    return labels
+
+
+def check_labels_fit(path: str | Path, labels: np.ndarray, classes: int) -> None:
+    """Labels the model's output cannot name would silently count as wrong answers."""
+    outside = labels >= classes
+    if outside.any():
+        raise DataError(f"{path}: labels must be below the model's {classes} output classes; "
+                        f"{_rows(outside)} are not (largest label {int(labels.max())})")
+
+
+def check_slice_values(path: str | Path, slices: dict[str, np.ndarray], limit: int) -> None:
+    for name, column in slices.items():
+        distinct = len(np.unique(column))
+        if distinct > limit:
+            raise DataError(f"{path}: slice column {name!r} holds {distinct} distinct values, over the suite's "
+                            f"limit of {limit} (max_slice_values): is it an id rather than a category?")
+
+
+def load_eval_data(path: str | Path, slice_columns: tuple[str, ...] | list[str],
+                   max_slice_values: int = DEFAULT_MAX_SLICE_VALUES) -> EvalData:
     """Read a dataset and split its columns into inputs, labels and slices."""
     path = Path(path)
     if not path.is_file():
@@ -73,9 +112,10 @@ def load_eval_data(path: str | Path, slice_columns: tuple[str, ...] | list[str])
     if missing:
         raise DataError(f"{path}: slice column(s) {missing} not in the file (it has {sorted(columns)})")
     slices = {name: columns.pop(name).astype(str) for name in slice_columns}
+    check_slice_values(path, slices, max_slice_values)
     labels = columns.pop(LABELS, None)
     if labels is not None:
-        labels = labels.astype(np.int64)
+        labels = _labels(path, labels)
     if not columns:
         raise DataError(f"{path}: no model input arrays besides labels and slice columns")
     return EvalData(inputs=columns, labels=labels, slices=slices)

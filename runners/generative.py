@@ -10,11 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from runners.backends import ArtifactError, make_runner
 from runners.behaviour import (DEFAULT_CURVE_POSITIONS, DEFAULT_REFUSAL_PATTERNS, SUBSET_FLAGS, Drift, ModelScores,
                                divergence_quantiles, drift, judge_generation, score, slice_behaviour)
 from runners.contracts import ArtifactSpec, CheckResult, SuiteSpec
-from runners.data import DataError
+from runners.data import DataError, check_slice_values
 from runners.generate import Generation, apply_caps, greedy_generate
 from runners.text import CharTokenizer, PromptSet, load_prompts
 
@@ -101,6 +103,7 @@ def judge_generations(baseline: Generation, candidate: Generation, inputs: Gener
 def judge_texts(outputs: list[list[str]], pair: Drift, prompts: PromptSet, suite: SuiteSpec,
                 settings: GenerationSettings) -> tuple[list[CheckResult], dict[str, Any]]:
     """The checks and drift curves from both models' texts and their token-level comparison."""
+    check_slice_values(suite.data, {d: np.array(prompts.column(d)) for d in suite.slices}, suite.max_slice_values)
     scores: list[ModelScores] = [score(t, prompts, settings.refusal_patterns) for t in outputs]
     groups = slice_behaviour(prompts, suite.slices, *scores, pair)
     aggregate_counts = groups[("all", "all")].flags

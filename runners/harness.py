@@ -18,7 +18,7 @@ from runners.backends import ArtifactError, make_runner
 from runners.checks import NEEDS_LABELS, judge
 from runners.contracts import (ERROR, FAIL, INSUFFICIENT, PASS, AGGREGATE_DIMENSION, ArtifactSpec,
                                CheckResult, JobResult, JobSpec, SuiteSpec, worst_verdict)
-from runners.data import DataError, EvalData, load_eval_data
+from runners.data import DataError, EvalData, check_labels_fit, load_eval_data
 from runners.external import compare, results_for
 from runners.generative import LM_RUNNERS, GenerationSettings, generate, judge_generations, load_inputs
 from runners.hashing import artifact_digests, sha256_path
@@ -33,6 +33,14 @@ def run_model(artifact: ArtifactSpec, options: dict[str, Any], data: EvalData, b
         return runner.infer_all(data.inputs, batch_size, class_major=True)
 
 
+def check_same_shape(spec: JobSpec, baseline: np.ndarray, candidate: np.ndarray) -> None:
+    """A candidate with another output shape is another model: bad input, named."""
+    if baseline.shape != candidate.shape:
+        raise ArtifactError(f"{spec.candidate_artifact.path}: its output has {candidate.shape[0]} values per row, "
+                            f"the baseline's ({spec.baseline.path}) {baseline.shape[0]}: not a quantized "
+                            f"version of the same model")
+
+
 def judge_outputs(baseline: np.ndarray, candidate: np.ndarray, data: EvalData,
                   suite: SuiteSpec) -> list[CheckResult]:
     """Every check on the aggregate and on every value of every slice dimension.
@@ -42,6 +50,8 @@ def judge_outputs(baseline: np.ndarray, candidate: np.ndarray, data: EvalData,
         needing = sorted({c.name for c in suite.checks + (suite.slice_checks or ()) if c.name in NEEDS_LABELS})
         if needing:
             raise DataError(f"{suite.data}: checks {needing} need a 'labels' array, and the file has none")
+    else:
+        check_labels_fit(suite.data, data.labels, len(baseline))
     rows = row_metrics(baseline, candidate, data.labels, suite.output_kind)
     tensors = None
     if any(c.name in TENSOR_CHECKS for c in suite.checks + (suite.slice_checks or ())):
@@ -71,6 +81,7 @@ def run_at_batch_sizes(spec: JobSpec, data: EvalData) -> tuple[list[CheckResult]
     measured: dict[tuple[str, str, str], list[float]] = {}
     for size in spec.suite.batch_sizes:
         candidate = run_model(spec.candidate_artifact, options(spec.candidate_artifact.runner, {}), data, size)
+        check_same_shape(spec, baseline, candidate)
         for check in judge_outputs(baseline, candidate, data, spec.suite):
             measured.setdefault((check.check, check.dimension, check.value), []).append(check.candidate)
             check.check = f"{check.check}@batch={size}"
@@ -157,12 +168,13 @@ def run_job(spec: JobSpec) -> JobResult:
             scores = [results_for(a, settings) for a in (spec.baseline, spec.candidate_artifact)]
             result.checks = compare(*scores, spec.suite, tuple(settings.get("metrics") or ()) or None)
         else:
-            data = load_eval_data(spec.suite.data, spec.suite.slices)
+            data = load_eval_data(spec.suite.data, spec.suite.slices, spec.suite.max_slice_values)
             if spec.suite.batch_sizes:
                 result.checks, result.provenance["batch_spread"] = run_at_batch_sizes(spec, data)
             else:
                 outputs = [run_model(a, spec.runner_options.get(a.runner, {}), data, spec.batch_size)
                            for a in (spec.baseline, spec.candidate_artifact)]  # one after the other: each gets every core
+                check_same_shape(spec, *outputs)
                 result.checks = judge_outputs(*outputs, data, spec.suite)
         result.verdict = candidate_verdict(result.checks, spec.suite)
         result.status = "finished"

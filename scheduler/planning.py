@@ -67,6 +67,7 @@ def suite_spec(loaded: LoadedConfig, name: str, suite: Suite) -> SuiteSpec:
     return SuiteSpec(name=name, data=loaded.resolve(suite.data) if suite.data else None, task=suite.task,
                      slices=tuple(suite.slices),
                      checks=specs(suite.checks), slice_checks=slice_checks, min_slice_size=suite.min_slice_size,
+                     max_slice_values=suite.max_slice_values,
                      confidence=suite.confidence, insufficient_blocks_gate=suite.insufficient_blocks_gate,
                      output_kind=suite.output, generation=_generation(loaded, suite),
                      tensor_tolerance=suite.tolerance.model_dump() if suite.tolerance else None,

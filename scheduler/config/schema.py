@@ -206,6 +206,7 @@ class Suite(Strict):
     checks: Checks = Field(min_length=1)
     slice_checks: Checks | None = None
     min_slice_size: int = Field(default=30, ge=1)
+    max_slice_values: int = Field(default=1000, ge=1, le=100_000)  # distinct values per slice column
     confidence: float = Field(default=0.95, gt=0, lt=1)
     insufficient_blocks_gate: bool = False
     output: Literal["logits", "probabilities"] = "logits"
