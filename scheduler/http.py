@@ -26,13 +26,14 @@ class ListenError(ValueError):
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
-    """(host, port) of "HOST:PORT"; checked here so that a typo is bad input, not a crash at bind time."""
+    """(host, port) of "HOST:PORT"; checked here so that a typo is bad input, not a crash at bind time.
+    An empty host (":9108") means loopback: every interface must be asked for ("0.0.0.0:9108")."""
     host, sep, port = listen.rpartition(":")
     if not sep or not port.isdigit():
         raise ListenError(f"listen address {listen!r}: expected HOST:PORT, e.g. 127.0.0.1:9477")
     if not 0 <= int(port) <= 65535:
         raise ListenError(f"listen address {listen!r}: port {port} is outside 0..65535")
-    return host, int(port)
+    return host or "127.0.0.1", int(port)
 
 
 def json_response(status: int, document: object) -> Response:

@@ -151,3 +151,10 @@ def test_validate_stopped_by_sigterm_exits_3_and_records_its_jobs_as_cancelled(t
     assert last.startswith("error: validate stopped by SIGTERM: ") and str(tmp_path / "ledger.db") in last, stderr
     assert "Traceback" not in stderr
     assert "cancelled" in statuses() and not {"queued", "running"} & set(statuses())
+
+
+def test_an_empty_listen_host_means_loopback_not_every_interface() -> None:
+    from scheduler.http import parse_listen
+
+    assert parse_listen(":9108") == ("127.0.0.1", 9108)
+    assert parse_listen("0.0.0.0:9108") == ("0.0.0.0", 9108)  # every interface only when asked for
