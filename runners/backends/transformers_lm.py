@@ -48,6 +48,12 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     for name in ("transformers", "torchao", "accelerate"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()  # "Loading weights" bars in a job's stderr
+    except ImportError:
+        pass
 
 
 def _source(path: Path) -> tuple[str, dict[str, Any]]:
