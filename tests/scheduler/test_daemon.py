@@ -205,15 +205,20 @@ def test_removing_a_node_mid_job_retries_marks_it_and_the_others_carry_on(demo_d
         cluster.remove_node(nodes["b"])
         wait_for(lambda: len(finished(config, target="a")) == 2 and len(finished(config, target="c")) == 2, 120,
                  "a and c to carry on")
-        # Ray reports a removed node's running task at once (NodeDiedError) or only once its health
-        # checks give up on the raylet (LocalRayletDiedError, about a minute here): allow for both.
-        wait_for(lambda: {r["status"] for r in runs(config) if r["target"] == "b"} == {"unschedulable"}, 180,
+        # Ray reports a removed node's running task at once (NodeDiedError), once its health checks
+        # give up on the raylet (LocalRayletDiedError, about a minute here), or, on a loaded
+        # machine, not at all: then the job's deadline (120 s here) ends it. Every branch must end
+        # every job of b; none may stay queued or running.
+        wait_for(lambda: {r["status"] for r in runs(config) if r["target"] == "b"} <= {"unschedulable", "error"}, 180,
                  "b's jobs to end")
         b_runs = [r for r in runs(config) if r["target"] == "b"]
-        assert any(r["attempts"] >= 1 for r in b_runs)
         retried = [line for line in daemon.logs() if line["msg"] == "job retrying" and line["target"] == "b"]
-        assert retried and any("NodeDied" in line["reason"] or "WorkerCrashed" in line["reason"] or "Died" in
-                               line["reason"] for line in retried)
+        if retried:  # Ray reported the death: the job was retried, then found no node
+            assert any("Died" in line["reason"] for line in retried)
+            assert {r["status"] for r in b_runs} == {"unschedulable"}
+        else:  # Ray never reported it: the deadline is the backstop, and it says so
+            ended = [r for r in b_runs if r["status"] == "error"]
+            assert ended and all("timed out" in r["error"] for r in ended)
         status, body = daemon.get("/status")
         assert body["targets"]["b"]["state"] in ("unreachable", "unschedulable")
         assert body["targets"]["a"]["state"] == "ok"
