@@ -189,14 +189,16 @@ def compare_forced(baseline: CausalLM, candidate: CausalLM, prompts: list[list[i
     for prompt, tokens, length in zip(prompts, continuations.tokens, continuations.lengths):
         continuation = tokens[:length]
         if not len(continuation):
-            kl.append(np.zeros(0)), top1.append(np.zeros(0, bool))
+            kl.append(np.zeros(0))
+            top1.append(np.zeros(0, bool))
             continue
         base = baseline.forced_log_probs(prompt, continuation)
         cand = candidate.forced_log_probs(prompt, continuation).to(base.device)
         kl.append((base.exp() * (base - cand)).sum(dim=-1).clamp_min(0).cpu().numpy().astype(np.float64))
         top1.append((cand.argmax(dim=-1) == base.argmax(dim=-1)).cpu().numpy())
         del base, cand
-    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     return ForcedComparison(kl, top1)
 
 
