@@ -41,6 +41,7 @@ from scheduler.schedule import UTC, build_scheduler, last_due, missed_sweep
 from scheduler.validate import LedgerListener
 
 log = logging.getLogger("revalidator.daemon")
+STARTUP_PROBE_SECONDS = 30.0
 
 
 class Daemon:
@@ -86,7 +87,10 @@ class Daemon:
         self._worker = threading.Thread(target=self.dispatcher.serve, args=(self.listener, self.stop_event),
                                         name="dispatcher", daemon=True)
         self._worker.start()
-        self.poll()  # a first look at every target before anything is planned
+        # A first look at every target before anything is planned. Its probes start cold Ray
+        # workers (a process and its imports on every node), so they get more than a poll's time:
+        # a catch-up planned before the stacks are known would be planned again once they are.
+        self.poll(timeout=max(STARTUP_PROBE_SECONDS, min(60.0, cfg.schedule.poll_interval_seconds)))
         due = missed_sweep(cfg.schedule, self.ledger.last_scheduled_sweep(), dt.datetime.now(UTC))
         if due is not None:
             self.events.put(Scheduled(due=due.timestamp(), kind="catch-up"))
@@ -97,7 +101,7 @@ class Daemon:
         self.ready = True
 
     # -- watchers ------------------------------------------------------------------------------
-    def poll(self) -> None:
+    def poll(self, timeout: float | None = None) -> None:
         """Probe every target on its own nodes; a changed stack becomes a StackChanged event."""
         if not self._poll_lock.acquire(blocking=False):
             return
@@ -108,7 +112,7 @@ class Daemon:
                 log.info("artifacts or data changed", extra={"fields": {"config": str(self.loaded.path)}})
                 self.events.put(ConfigChanged(reason="an artifact, data or calibration file changed"))
             cfg = self.loaded.config
-            timeout = min(60.0, cfg.schedule.poll_interval_seconds)
+            timeout = timeout or min(60.0, cfg.schedule.poll_interval_seconds)
             for target, stack in self.dispatcher.probe(sorted(cfg.targets), timeout).items():
                 if isinstance(stack, str):
                     self.ledger.set_target_state(target, "unreachable", stack)
