@@ -23,6 +23,8 @@ _DESCRIBE = {
     "max_median_abs_diff": "median |diff|", "max_p99_abs_diff": "p99 |diff|",
     "min_step_top1_agreement": "per-step top-1 agreement",
 }
+# Where each family counts its non-finite outputs (rows, prompts, output elements).
+_NONFINITE = ("nonfinite_rows", "nonfinite_prompts", "nonfinite_elements")
 # Checks on a rate whose tolerance bounds baseline minus candidate.
 _DROPS = ("max_drop", "max_format_drop", "max_exact_match_drop")
 _RATES = {"max_drop": "accuracy", "max_format_drop": "format compliance", "max_exact_match_drop": "exact match",
@@ -84,9 +86,9 @@ def explain_failure(c: CheckResult) -> str:
     described = f"{metric} drop" if metric else _DESCRIBE[kind]
     shown = "not finite" if value is None or value != value else f"{value:.4f}"
     text = f"{where}{batch}: {described} {shown} {relation} tolerance {c.tolerance:g}"
-    if "nonfinite_rows" in c.statistic or "nonfinite_prompts" in c.statistic or c.statistic.get("nonfinite_elements"):
-        count = c.statistic.get("nonfinite_rows", c.statistic.get("nonfinite_prompts", c.statistic.get("nonfinite_elements")))
-        return text + f" (non-finite outputs: {count:g}), n={c.n}"
+    nonfinite = next((c.statistic[k] for k in _NONFINITE if c.statistic.get(k)), None)
+    if nonfinite:
+        return text + f" (non-finite outputs: {nonfinite:g}), n={c.n}"
     if kind == "max_refusal_rate_delta" and c.statistic.get("judged") in ("rise", "drop"):
         text += (f" (refusal rate {c.baseline:.3f} -> {c.candidate:.3f}; only a {c.statistic['judged']} can be "
                  f"measured here)")
