@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from runners.contracts import CheckResult, CheckSpec
+from runners.decision import PAIRED
 from runners.generate import Generation
 from runners.metrics import row_metrics
 from runners.stats import mcnemar_p, wilson_interval
@@ -198,6 +199,7 @@ def _rate_check(flag: str, two_sided: bool):
         if two_sided:  # a refusal rate that moves either way is a behaviour change
             statistic["mcnemar_p"] = min(1.0, 2 * mcnemar_p(max(b_only, c_only), min(b_only, c_only)))
             breached = above(abs(rc - rb), limit)
+            statistic[PAIRED] = (c_only, b_only, n, limit, True, 1.0)  # candidate minus baseline, either way
             # A baseline that never refuses cannot show a drop, one that always refuses no rise:
             # say which direction this slice could judge.
             if n and base == 0:
@@ -207,6 +209,7 @@ def _rate_check(flag: str, two_sided: bool):
         else:  # a drop: baseline right where the candidate is not
             statistic["mcnemar_p"] = mcnemar_p(b_only, c_only)
             breached = above(rb - rc, limit)
+            statistic[PAIRED] = (b_only, c_only, n, limit, False, 1.0)
         return n, rb, rc, breached, statistic
     return judge
 
@@ -252,6 +255,20 @@ GENERATION_CHECKS = {
     "max_mean_step_kl": _mean_step_kl,
     "min_step_top1_agreement": _step_top1,
 }
+# Checks on a ratio over tokens or steps, bootstrapped over prompts (tokens of one prompt are not
+# independent) under a deciding policy: their direction.
+PER_PROMPT_RATIOS = {"min_token_agreement": "below", "max_mean_step_kl": "above", "min_step_top1_agreement": "below"}
+
+
+def prompt_ratios(pair: Drift, prompts: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per prompt, the numerator and denominator of each PER_PROMPT_RATIOS check."""
+    steps = np.bincount(pair.step_rows, minlength=prompts).astype(np.float64)
+    return {"min_token_agreement": (pair.agree.astype(np.float64), pair.compared.astype(np.float64)),
+            "max_mean_step_kl": (np.bincount(pair.step_rows, weights=pair.step_kl, minlength=prompts), steps),
+            "min_step_top1_agreement": (np.bincount(pair.step_rows, weights=pair.step_top1.astype(np.float64),
+                                                    minlength=prompts), steps)}
+
+
 # Checks that only concern the prompts that carry a format or a reference.
 SUBSET_FLAGS = {"max_format_drop": "format", "max_exact_match_drop": "exact"}
 

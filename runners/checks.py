@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Callable
 
 from runners.contracts import CheckResult, CheckSpec
+from runners.decision import PAIRED, PROPORTION
 from runners.metrics import GroupStats
 from runners.stats import mcnemar_p, wilson_interval
 from runners.verdict import above, below, decide
@@ -30,26 +31,31 @@ def _paired_evidence(s: GroupStats) -> dict[str, float]:
 
 def _max_drop(s: GroupStats, limit: float, confidence: float) -> Judgement:
     base, cand = _accuracies(s)
-    return base, cand, above(base - cand, limit), _paired_evidence(s)
+    paired = (s.baseline_only, s.candidate_only, s.n, limit, False, 1.0)
+    return base, cand, above(base - cand, limit), _paired_evidence(s) | {PAIRED: paired}
 
 
 def _max_relative_drop(s: GroupStats, limit: float, confidence: float) -> Judgement:
     base, cand = _accuracies(s)
     relative = (base - cand) / base if base > 0 else 0.0
     evidence = _paired_evidence(s) | {"relative_drop": relative}
+    if base > 0:  # the baseline's accuracy taken as given: a relative limit is an absolute one scaled by it
+        evidence[PAIRED] = (s.baseline_only, s.candidate_only, s.n, limit * base, False, 1.0 / base)
     return base, cand, above(relative, limit), evidence
 
 
 def _min_accuracy(s: GroupStats, limit: float, confidence: float) -> Judgement:
     base, cand = _accuracies(s)
     low, high = wilson_interval(s.correct_candidate, s.n, confidence)
-    return base, cand, below(cand, limit), {"wilson_low": low, "wilson_high": high}
+    return base, cand, below(cand, limit), {"wilson_low": low, "wilson_high": high,
+                                            PROPORTION: (s.correct_candidate, s.n, limit)}
 
 
 def _min_agreement(s: GroupStats, limit: float, confidence: float) -> Judgement:
     agreement = s.agree / max(s.n, 1)
     low, high = wilson_interval(s.agree, s.n, confidence)
-    return 1.0, agreement, below(agreement, limit), {"wilson_low": low, "wilson_high": high}
+    return 1.0, agreement, below(agreement, limit), {"wilson_low": low, "wilson_high": high,
+                                                     PROPORTION: (s.agree, s.n, limit)}
 
 
 def _upper(field: str, ideal: float) -> Judge:
@@ -77,6 +83,9 @@ CHECKS: dict[str, Judge] = {
     "min_cosine": _lower("cosine", 1.0),
 }
 NEEDS_LABELS = frozenset({"max_drop", "max_relative_drop", "min_accuracy"})
+# Checks on a mean over rows, bootstrapped under a deciding policy: the row quantity and its direction.
+MEAN_OVER_ROWS = {"max_mean_kl": ("kl", "above"), "max_mean_abs_diff": ("mean_abs", "above"),
+                  "min_cosine": ("cosine", "below")}
 
 
 def judge(check: CheckSpec, dimension: str, value: str, stats: GroupStats,

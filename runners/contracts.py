@@ -15,9 +15,10 @@ CONTRACT_VERSION = 1
 # Verdicts, from worst to best; a candidate's verdict is the worst of its checks.
 FAIL = "fail"
 ERROR = "error"
+INCONCLUSIVE = "inconclusive"  # the confidence bound straddles the tolerance: more rows would decide
 INSUFFICIENT = "insufficient"
 PASS = "pass"
-VERDICT_ORDER = (FAIL, ERROR, INSUFFICIENT, PASS)
+VERDICT_ORDER = (FAIL, ERROR, INCONCLUSIVE, INSUFFICIENT, PASS)
 
 AGGREGATE_DIMENSION = "all"
 
@@ -58,6 +59,7 @@ class SuiteSpec:
     tensor_tolerance: dict[str, float] | None = None  # {"atol", "rtol"} for min_within_tolerance
     batch_sizes: tuple[int, ...] | None = None  # production batch sizes the candidate is judged at
     external: dict[str, Any] | None = None  # task "external": format, command, timeout_seconds, metrics
+    decision: dict[str, Any] | None = None  # policy, correction, resamples (runners/decision.py); None: point
 
     def checks_for(self, dimension: str) -> tuple[CheckSpec, ...]:
         if dimension == AGGREGATE_DIMENSION or self.slice_checks is None:

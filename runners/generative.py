@@ -13,10 +13,12 @@ from typing import Any
 import numpy as np
 
 from runners.backends import ArtifactError, make_runner
-from runners.behaviour import (DEFAULT_CURVE_POSITIONS, DEFAULT_REFUSAL_PATTERNS, SUBSET_FLAGS, Drift, ModelScores,
-                               divergence_quantiles, drift, judge_generation, score, slice_behaviour)
+from runners.behaviour import (DEFAULT_CURVE_POSITIONS, DEFAULT_REFUSAL_PATTERNS, PER_PROMPT_RATIOS, SUBSET_FLAGS,
+                               Drift, ModelScores, divergence_quantiles, drift, judge_generation, prompt_ratios, score,
+                               slice_behaviour)
 from runners.contracts import ArtifactSpec, CheckResult, SuiteSpec
 from runners.data import DataError, check_slice_values
+from runners.decision import Policy, attach_evidence
 from runners.generate import Generation, apply_caps, greedy_generate
 from runners.text import CharTokenizer, PromptSet, load_prompts
 
@@ -100,6 +102,20 @@ def judge_generations(baseline: Generation, candidate: Generation, inputs: Gener
     return judge_texts(outputs, drift(baseline, candidate, settings.curve_positions), inputs.prompts, suite, settings)
 
 
+def _prompt_magnitudes(pair: Drift, prompts: PromptSet, slices: tuple[str, ...]):
+    """The per-prompt numerator and denominator of a ratio check on its slice, for the bootstrap."""
+    ratios = prompt_ratios(pair, len(prompts.prompts))
+    columns = {d: np.array(prompts.column(d)) for d in slices}
+
+    def of(check: CheckResult) -> tuple[np.ndarray, np.ndarray, str] | None:
+        if check.check not in PER_PROMPT_RATIOS:
+            return None
+        rows = slice(None) if check.dimension == "all" else columns[check.dimension] == check.value
+        numerator, denominator = ratios[check.check]
+        return numerator[rows], denominator[rows], PER_PROMPT_RATIOS[check.check]
+    return of
+
+
 def judge_texts(outputs: list[list[str]], pair: Drift, prompts: PromptSet, suite: SuiteSpec,
                 settings: GenerationSettings) -> tuple[list[CheckResult], dict[str, Any]]:
     """The checks and drift curves from both models' texts and their token-level comparison."""
@@ -118,6 +134,7 @@ def judge_texts(outputs: list[list[str]], pair: Drift, prompts: PromptSet, suite
             judged = judge_generation(check, dimension, value, group, suite.min_slice_size, suite.confidence)
             if judged is not None:
                 results.append(judged)
+    attach_evidence(results, Policy.of(suite), _prompt_magnitudes(pair, prompts, suite.slices))
     curves = {"positions": list(pair.positions), "slices": [
         {"dimension": d, "value": v, "n": g.n, "agreement": [round(g.curve[p], 6) for p in pair.positions],
          "identical": round(g.identical / max(g.n, 1), 6),

@@ -15,14 +15,14 @@ from typing import Any
 import numpy as np
 
 from runners.backends import ArtifactError, make_runner
-from runners.checks import NEEDS_LABELS, judge
-from runners.contracts import (ERROR, FAIL, INSUFFICIENT, PASS, AGGREGATE_DIMENSION, ArtifactSpec,
-                               CheckResult, JobResult, JobSpec, SuiteSpec, worst_verdict)
+from runners.checks import MEAN_OVER_ROWS, NEEDS_LABELS, judge
+from runners.contracts import ERROR, ArtifactSpec, CheckResult, JobResult, JobSpec, SuiteSpec
+from runners.decision import Policy, attach_evidence, decide_run, verdict_for
 from runners.data import DataError, EvalData, check_labels_fit, load_eval_data
 from runners.external import compare, results_for
 from runners.generative import LM_RUNNERS, GenerationSettings, generate, judge_generations, load_inputs
 from runners.hashing import artifact_digests, sha256_path
-from runners.metrics import row_metrics, slice_stats
+from runners.metrics import RowMetrics, SliceIndex, row_metrics, slice_members, slice_stats
 from runners.probes import probe_stack
 from runners.tensor_checks import TENSOR_CHECKS, judge_tensor, tensor_stats
 
@@ -66,7 +66,18 @@ def judge_outputs(baseline: np.ndarray, candidate: np.ndarray, data: EvalData,
                                             suite.min_slice_size))
             else:
                 results.append(judge(check, dimension, value, stats, suite.min_slice_size, suite.confidence))
+    attach_evidence(results, Policy.of(suite), _row_magnitudes(rows, data.slice_index))
     return results
+
+
+def _row_magnitudes(rows: RowMetrics, index: SliceIndex):
+    """The per-row values of a mean-over-rows check on its slice, for the bootstrap."""
+    def of(check: CheckResult) -> tuple[np.ndarray, None, str] | None:
+        if check.check not in MEAN_OVER_ROWS:
+            return None
+        quantity, direction = MEAN_OVER_ROWS[check.check]
+        return rows.column(quantity)[slice_members(index, (check.dimension, check.value))], None, direction
+    return of
 
 
 def run_at_batch_sizes(spec: JobSpec, data: EvalData) -> tuple[list[CheckResult], list[dict[str, Any]]]:
@@ -111,13 +122,7 @@ def run_generation(spec: JobSpec, provenance: dict[str, Any]) -> tuple[list[Chec
 def candidate_verdict(checks: list[CheckResult], suite: SuiteSpec) -> str:
     """Fail if any check fails anywhere. Insufficient slices are always reported; they block
     the gate only when the aggregate itself is insufficient or the suite says they must."""
-    verdicts = [c.verdict for c in checks]
-    if FAIL in verdicts:
-        return FAIL
-    aggregate = [c.verdict for c in checks if c.dimension == AGGREGATE_DIMENSION]
-    if INSUFFICIENT in aggregate or (suite.insufficient_blocks_gate and INSUFFICIENT in verdicts):
-        return INSUFFICIENT
-    return worst_verdict([v for v in verdicts if v != INSUFFICIENT]) if verdicts else PASS
+    return verdict_for(checks, suite)
 
 
 def provenance(spec: JobSpec, fingerprint: dict[str, Any]) -> dict[str, Any]:
@@ -139,6 +144,7 @@ def provenance(spec: JobSpec, fingerprint: dict[str, Any]) -> dict[str, Any]:
                   "checks": {c.name: c.limit for c in spec.suite.checks},
                   "slice_checks": {c.name: c.limit for c in spec.suite.checks_for("slice")},
                   "min_slice_size": spec.suite.min_slice_size, "confidence": spec.suite.confidence,
+                  "decision": {**vars(Policy.of(spec.suite))},
                   **_generation_provenance(spec.suite)},
         "runner_options": spec.runner_options,
         "batch_size": spec.batch_size,
@@ -176,6 +182,7 @@ def run_job(spec: JobSpec) -> JobResult:
                            for a in (spec.baseline, spec.candidate_artifact)]  # one after the other: each gets every core
                 check_same_shape(spec, *outputs)
                 result.checks = judge_outputs(*outputs, data, spec.suite)
+        decide_run(result.checks, spec.suite)
         result.verdict = candidate_verdict(result.checks, spec.suite)
         result.status = "finished"
     except (ArtifactError, DataError) as exc:

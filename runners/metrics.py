@@ -222,6 +222,15 @@ def slice_stats(rm: RowMetrics, index: SliceIndex) -> dict[tuple[str, str], Grou
     return out
 
 
+def slice_members(index: SliceIndex, key: tuple[str, str]) -> np.ndarray:
+    """The row indices of one slice value (every row for the aggregate)."""
+    g = index.keys.index(key)
+    if g == 0:
+        return np.arange(int(index.counts[0]))
+    dimension = max(d for d, offset in enumerate(index.offsets) if offset <= g)
+    return np.flatnonzero(index.codes[dimension] == g - index.offsets[dimension])
+
+
 def _split_counts(index: SliceIndex) -> list[np.ndarray]:
     """Group counts of the aggregate, then of each dimension."""
     bounds = [0] + index.offsets + [len(index.keys)]

@@ -72,7 +72,8 @@ def suite_spec(loaded: LoadedConfig, name: str, suite: Suite) -> SuiteSpec:
                      output_kind=suite.output, generation=_generation(loaded, suite),
                      tensor_tolerance=suite.tolerance.model_dump() if suite.tolerance else None,
                      batch_sizes=tuple(suite.batch_sizes) if suite.batch_sizes else None,
-                     external=suite.external.model_dump() if suite.external else None)
+                     external=suite.external.model_dump() if suite.external else None,
+                     decision=suite.decision.model_dump() if suite.decision else None)
 
 
 def _generation(loaded: LoadedConfig, suite: Suite) -> dict | None:

@@ -199,6 +199,19 @@ class External(Strict):
     metrics: list[str] | None = Field(default=None, min_length=1)  # None: every metric reported
 
 
+class Decision(Strict):
+    """How evidence becomes a verdict (runners/decision.py), fixed before any run: part of the job key.
+
+    point: the point value against the tolerance (the default). release: pass only what the
+    confidence bound shows within tolerance; the rest is fail or inconclusive, and inconclusive
+    keeps serving on the baseline. alert: fail only what the bound shows beyond tolerance; an
+    inconclusive result is reported but serving stays on the candidate."""
+
+    policy: Literal["point", "release", "alert"] = "point"
+    correction: Literal["holm", "bh", "none"] = "holm"  # across every check x slice (x batch size) of a run
+    resamples: int = Field(default=1000, ge=100, le=100_000)  # bootstrap replicates for magnitudes
+
+
 class Suite(Strict):
     data: str | None = Field(default=None, min_length=1)  # not used by task "external"
     task: Literal[TASKS]  # type: ignore[valid-type]
@@ -209,6 +222,7 @@ class Suite(Strict):
     max_slice_values: int = Field(default=1000, ge=1, le=100_000)  # distinct values per slice column
     confidence: float = Field(default=0.95, gt=0, lt=1)
     insufficient_blocks_gate: bool = False
+    decision: Decision | None = None  # None: the point rule
     output: Literal["logits", "probabilities"] = "logits"
     generation: Generation | None = None  # required for task "generation"
     external: External | None = None  # required for task "external"
