@@ -154,6 +154,32 @@ def rows_needed(evidence: dict[str, Any], limit: float, confidence: float) -> in
     return int(math.ceil((z_of(confidence) * sd / gap) ** 2))
 
 
+# Checks judged on a difference of paired rates, and on a single rate, for planning.
+PAIRED_CHECKS = ("max_drop", "max_relative_drop", "max_format_drop", "max_exact_match_drop", "max_refusal_rate_delta")
+RATE_CHECKS = ("min_agreement", "min_accuracy", "min_step_top1_agreement", "min_token_agreement")
+
+
+def plan_rows(check: str, limit: float, confidence: float, discordance: float, rate: float | None,
+              tests: int = 1) -> int | None:
+    """Rows a slice needs to show a clean candidate within `limit` with POWER probability, for each
+    of `tests` tests of a run at once (a release gate passes only when every test passes).
+
+    Paired checks: the true difference 0 with `discordance` of the rows answered differently
+    (near-tie flips). Rate checks: the true rate `rate`. None for a check this cannot plan (a
+    magnitude: its spread comes from a pilot run, see `rows_needed` in a report) or a rate that
+    is not within its limit."""
+    z_a, z_b = z_of(confidence), z_of(POWER ** (1 / max(tests, 1)))
+    if check in PAIRED_CHECKS:
+        if limit <= 0:
+            return None
+        null_sd = float(paired_null_sd(discordance / 2, discordance / 2, 1.0, limit))
+        return int(math.ceil(((z_a * null_sd + z_b * math.sqrt(discordance)) / limit) ** 2))
+    if check in RATE_CHECKS and rate is not None and rate > limit:
+        spread = z_a * math.sqrt(limit * (1 - limit)) + z_b * math.sqrt(rate * (1 - rate))
+        return int(math.ceil((spread / (rate - limit)) ** 2))
+    return None
+
+
 def adjust(p_values: np.ndarray, correction: str) -> np.ndarray:
     if correction == "holm":
         return holm(p_values)

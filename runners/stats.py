@@ -133,27 +133,28 @@ def bootstrap_ratios(numerator: np.ndarray, denominator: np.ndarray, resamples: 
 
 
 def holm(p: np.ndarray) -> np.ndarray:
-    """Holm's step-down adjusted p-values: control the family-wise error rate."""
+    """Holm's step-down adjusted p-values along the last axis: control the family-wise error rate."""
     p = np.asarray(p, dtype=np.float64)
-    m = len(p)
+    m = p.shape[-1] if p.ndim else 0
     if not m:
         return p
-    order = np.argsort(p, kind="stable")
-    adjusted = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
-    out = np.empty(m)
-    out[order] = adjusted
+    order = np.argsort(p, axis=-1, kind="stable")
+    ranked = np.take_along_axis(p, order, axis=-1) * (m - np.arange(m))
+    adjusted = np.minimum(1.0, np.maximum.accumulate(ranked, axis=-1))
+    out = np.empty_like(p)
+    np.put_along_axis(out, order, adjusted, axis=-1)
     return out
 
 
 def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
-    """Benjamini-Hochberg adjusted p-values: control the false discovery rate."""
+    """Benjamini-Hochberg adjusted p-values along the last axis: control the false discovery rate."""
     p = np.asarray(p, dtype=np.float64)
-    m = len(p)
+    m = p.shape[-1] if p.ndim else 0
     if not m:
         return p
-    order = np.argsort(p, kind="stable")
-    scaled = p[order] * m / np.arange(1, m + 1)
-    adjusted = np.minimum(1.0, np.minimum.accumulate(scaled[::-1])[::-1])
-    out = np.empty(m)
-    out[order] = adjusted
+    order = np.argsort(p, axis=-1, kind="stable")
+    scaled = np.take_along_axis(p, order, axis=-1) * m / np.arange(1, m + 1)
+    adjusted = np.minimum(1.0, np.flip(np.minimum.accumulate(np.flip(scaled, -1), axis=-1), -1))
+    out = np.empty_like(p)
+    np.put_along_axis(out, order, adjusted, axis=-1)
     return out
