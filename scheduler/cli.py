@@ -203,6 +203,25 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     return run_daemon(args.config, listen=args.listen)
 
 
+def cmd_plan_rows(args: argparse.Namespace) -> int:
+    from scheduler import rows_plan
+
+    loaded = _load(args, check_files=False)
+    unknown = [s for s in args.suite or () if s not in loaded.config.suites]
+    if unknown:
+        raise UsageError(f"--suite {unknown[0]!r}: no such suite in {args.config}")
+    if not 0 < args.discordance < 1:
+        raise UsageError(f"--discordance {args.discordance:g}: a share of rows, between 0 and 1")
+    if args.accuracy is not None and not 0 < args.accuracy < 1:
+        raise UsageError(f"--accuracy {args.accuracy:g}: a share of rows, between 0 and 1")
+    document = rows_plan.plan(loaded, args.discordance, args.accuracy, args.suite)
+    if args.json:
+        _print_json(document)
+    else:
+        print(rows_plan.human(document))
+    return EXIT_PASS
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Ask the running daemon for a sweep; with none running, sweep once here."""
     import urllib.error
@@ -289,6 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("sweep", cmd_sweep, "re-validate now: through the running daemon, or once here if none runs")
     p.add_argument("--target", help="only this target")
     p.add_argument("--force", action="store_true", help="re-run jobs already validated on the current stack")
+    p = add("plan-rows", cmd_plan_rows, "rows each slice needs for the suites' tolerances and confidence")
+    p.add_argument("--suite", action="append", help="only this suite (repeatable)")
+    p.add_argument("--discordance", type=float, default=0.04,
+                   help="share of rows a clean candidate answers differently from the baseline (default 0.04)")
+    p.add_argument("--accuracy", type=float, help="the baseline's accuracy, for min_accuracy checks")
+    p.add_argument("--json", action="store_true")
     add("report", cmd_report, "one run's checks and provenance from the ledger (JSON)").add_argument("run_id")
     return parser
 

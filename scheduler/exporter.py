@@ -7,6 +7,7 @@ types and labels.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -201,6 +202,10 @@ CHECK_FAMILIES = (
     ("revalidator_check_tolerance", "The check's tolerance, fixed in the config.", 8),
     ("revalidator_check_pass", "1 if the check passed on the slice, 0 if it failed (judged slices only).", None),
     ("revalidator_check_rows", "Rows in the slice.", 4),
+    ("revalidator_check_bound", "The confidence bound nearest the tolerance on a slice (upper for a quantity judged "
+                                "above its limit, lower for one judged below); only where the check has one.", "bound"),
+    ("revalidator_check_inconclusive", "1 if the check's confidence bounds straddle its tolerance on the slice, 0 if "
+                                       "it was decided (judged slices only).", "inconclusive"),
 )
 
 
@@ -232,7 +237,7 @@ class CheckSeries:
         missing = [entry for entry in wanted if entry not in self._blocks]
         if missing:
             rows_by_run: dict[str, list[tuple]] = {}
-            for row in ledger.results_for([run_id for run_id, _, _ in missing]):
+            for row in ledger.results_for([run_id for run_id, _, _ in missing], with_statistic=True):
                 rows_by_run.setdefault(row[0], []).append(row)
             for entry in missing:
                 self._blocks[entry] = self._block(entry[1], _within_budget(rows_by_run.get(entry[0], []), limit))
@@ -251,12 +256,19 @@ class CheckSeries:
         prefix = f'target="{target}",model="{model}",candidate="{candidate}",suite="{suite}"'
         lines: list[list[str]] = [[] for _ in CHECK_FAMILIES]
         for row in rows:
-            _, check, dimension, value, _n, _b, _c, _d, _t, verdict = row
+            _, check, dimension, value, _n, _b, _c, _d, _t, verdict, statistic = row
             labels = f'{{{prefix},dimension="{_escape(dimension)}",slice="{_escape(value)}",check="{_escape(check)}"}}'
             for index, (name, _, column) in enumerate(CHECK_FAMILIES):
                 if column is None:
                     if verdict in ("pass", "fail"):
                         lines[index].append(f"{name}{labels} {'1.0' if verdict == 'pass' else '0.0'}\n")
+                elif column == "bound":
+                    bound = _nearest_bound(statistic)
+                    if bound is not None:
+                        lines[index].append(f"{name}{labels} {_number(bound)}\n")
+                elif column == "inconclusive":
+                    if verdict in ("pass", "fail", "inconclusive"):
+                        lines[index].append(f"{name}{labels} {'1.0' if verdict == 'inconclusive' else '0.0'}\n")
                 elif row[column] is not None:
                     lines[index].append(f"{name}{labels} {_number(row[column])}\n")
         return tuple("".join(family) for family in lines)
@@ -290,6 +302,14 @@ class Exporter:
                 return checks.encode() + generate_latest(self.registry)
             finally:
                 self.collector.prefetched = None
+
+
+def _nearest_bound(statistic: str) -> float | None:
+    """The bound a tolerance is compared with, from a result's statistic JSON; None where there is none."""
+    if '"bound_low"' not in statistic:  # most results under the point rule: skip the parse
+        return None
+    parsed = json.loads(statistic)
+    return parsed["bound_high"] if parsed.get("direction") == "above" else parsed["bound_low"]
 
 
 def _within_budget(rows: list[tuple], limit: int) -> list[tuple]:

@@ -3,7 +3,8 @@
 A candidate is served only when every suite of its model has a result for the job key of
 the *current* state: the target's current stack (the part that can affect its runners), the
 current artifacts, data and checks. Any change that has not been re-validated yet, a failed
-or insufficient verdict, or an error, sends serving back to the baseline.
+or insufficient verdict, or an error, sends serving back to the baseline; so does an inconclusive
+one, unless its suite decides under the `alert` policy.
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from runners.contracts import ERROR, FAIL, INSUFFICIENT, PASS, worst_verdict
+from runners.contracts import ERROR, FAIL, INCONCLUSIVE, INSUFFICIENT, PASS, worst_verdict
 from scheduler.config import LoadedConfig
 
 UNKNOWN = "unknown"
-GATE_STATES = (PASS, FAIL, INSUFFICIENT, ERROR, UNKNOWN)
+GATE_STATES = (PASS, FAIL, INCONCLUSIVE, INSUFFICIENT, ERROR, UNKNOWN)
 
 # (target, model, candidate, suite) -> the job key of that work on the current state
 CurrentKeys = dict[tuple[str, str, str, str], str]
@@ -75,13 +76,16 @@ def decide(loaded: LoadedConfig, keys: CurrentKeys, by_key: dict[str, dict], by_
                       FAIL: "failed on the current stack: " + ", ".join(
                           f for r in current for f in failed_slices.get(r["run_id"], [f"suite {r['suite']}"])),
                       INSUFFICIENT: "too few rows to judge on the current stack",
+                      INCONCLUSIVE: "the confidence bounds straddle a tolerance on the current stack: more rows "
+                                    "would decide",
                       ERROR: "the validation job failed: " + "; ".join(
                           (r["error"] or "").splitlines()[0] for r in current if r["verdict"] == ERROR)}[state]
         else:
             state = UNKNOWN
             reason = ("the stack, artifacts or checks changed since the last validation; re-validation pending"
                       if spoken else "not validated yet")
-        use = "candidate" if state == PASS else "baseline"
+        serves = state == PASS or (state == INCONCLUSIVE and not inconclusive_blocks(cfg, current))
+        use = "candidate" if serves else "baseline"
         model_cfg = cfg.models[model]
         artifact = model_cfg.candidates[candidate].path if use == "candidate" else model_cfg.baseline.path
         decided_by = current if state != UNKNOWN else [run for run, _ in spoken]
@@ -91,6 +95,16 @@ def decide(loaded: LoadedConfig, keys: CurrentKeys, by_key: dict[str, dict], by_
                           run_ids=[run["run_id"] for run in decided_by], last_run_at=max(finished, default=None),
                           last_success_at=last_success.get((target, model, candidate))))
     return gates
+
+
+def inconclusive_blocks(cfg, runs: list[dict]) -> bool:
+    """Whether an inconclusive run keeps serving on the baseline: yes unless its suite's policy is `alert`."""
+    for run in runs:
+        suite = cfg.suites.get(run["suite"])
+        if run["verdict"] == INCONCLUSIVE and (suite is None or suite.decision is None
+                                               or suite.decision.policy != "alert"):
+            return True
+    return False
 
 
 def _state(verdicts: list[str]) -> str:

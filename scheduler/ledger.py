@@ -312,10 +312,12 @@ class Ledger:
         with self.engine.connect() as conn:
             return {(t, m, c): ts for t, m, c, ts in conn.execute(query)}
 
-    def results_for(self, run_ids: list[str]) -> list[tuple]:
-        """(run_id, check, dimension, value, n, baseline, candidate, delta, tolerance, verdict) rows."""
+    def results_for(self, run_ids: list[str], with_statistic: bool = False) -> list[tuple]:
+        """(run_id, check, dimension, value, n, baseline, candidate, delta, tolerance, verdict) rows, and the
+        statistic's JSON text as an eleventh column when asked."""
         columns = (results.c.run_id, results.c.check_name, results.c.dimension, results.c.value, results.c.n,
                    results.c.baseline, results.c.candidate, results.c.delta, results.c.tolerance, results.c.verdict)
+        columns += (results.c.statistic,) if with_statistic else ()
         out: list[tuple] = []
         with self.engine.connect() as conn:
             for start in range(0, len(run_ids), 500):

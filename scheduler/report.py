@@ -5,12 +5,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from runners.contracts import AGGREGATE_DIMENSION, FAIL, INSUFFICIENT, PASS, CheckResult
+from runners.contracts import AGGREGATE_DIMENSION, FAIL, INCONCLUSIVE, INSUFFICIENT, PASS, CheckResult
 from scheduler.validate import RunRecord, ValidationReport
 
 DOCUMENT_VERSION = 1
 
-_MARK = {PASS: "ok", FAIL: "FAIL", INSUFFICIENT: "n<min"}
+_MARK = {PASS: "ok", FAIL: "FAIL", INSUFFICIENT: "n<min", INCONCLUSIVE: "?"}
 
 # How each check reads in words: (what is measured, how the limit applies).
 _DESCRIBE = {
@@ -100,7 +100,39 @@ def explain_failure(c: CheckResult) -> str:
                  f"divergence at token {c.statistic['first_divergence_p50']:.0f})")
     elif "wilson_low" in c.statistic:
         text += f" ({c.statistic['wilson_low']:.3f}-{c.statistic['wilson_high']:.3f} interval)"
+    if "bound_low" in c.statistic:
+        text += f"; {_bounds(c)}"
     return text + f", n={c.n}"
+
+
+def _bounds(c: CheckResult) -> str:
+    """The confidence bounds and the adjusted evidence, in words."""
+    s = c.statistic
+    text = f"{s['confidence']:.0%} bounds {s['bound_low']:.4f}..{s['bound_high']:.4f} ({s['method']})"
+    if "p_beyond_adjusted" in s:
+        text += f", p beyond tolerance {s['p_beyond_adjusted']:.2g} after {s['correction']}"
+    return text
+
+
+def explain_inconclusive(c: CheckResult) -> str:
+    """One line: what could not be decided, why, and how many rows would decide it."""
+    s = c.statistic
+    where = _slice_label(c.dimension, c.value)
+    text = (f"{where}: {_DESCRIBE[check_kind(c.check)]} {s['estimate']:.4f}, {_bounds(c)}: the bounds straddle "
+            f"tolerance {c.tolerance:g}")
+    needed = s.get("rows_needed")
+    text += f"; about {needed} rows would decide (n={c.n})" if needed else f"; the estimate sits on it (n={c.n})"
+    return text
+
+
+def detectable(c: CheckResult) -> str | None:
+    """The smallest change a slice can show: "with 88 rows this slice only shows drops above 0.18"."""
+    s = c.statistic
+    if "detectable_beyond" not in s:
+        return None
+    relation = "above" if s["direction"] == "above" else "below"
+    return (f"with {c.n} rows, {_slice_label(c.dimension, c.value)} only shows a {_DESCRIBE[check_kind(c.check)]} "
+            f"{relation} {s['detectable_beyond']:.3f} as beyond tolerance {c.tolerance:g}")
 
 
 def _slice_table(checks: list[CheckResult]) -> list[str]:
@@ -167,6 +199,20 @@ def human(report: ValidationReport, verbose: bool = True) -> str:
             for s in moved[:5]:
                 out.append(f"      {_DESCRIBE[s['check']]} on {_slice_label(s['dimension'], s['value'])}: "
                            f"{s['min']:.4f} .. {s['max']:.4f}")
+        for c in [c for c in result.checks if c.verdict == INCONCLUSIVE][:8]:
+            out.append(f"    INCONCLUSIVE {c.check}: {explain_inconclusive(c)}")
+        hidden = sum(c.verdict == INCONCLUSIVE for c in result.checks) - 8
+        if hidden > 0:
+            out.append(f"    ... and {hidden} more inconclusive (see --json)")
+        decision = result.provenance.get("suite", {}).get("decision")
+        if decision and decision.get("name") != "point" and verbose:
+            out.append(f"    decided by policy {decision['name']} at confidence {decision['confidence']:g}, "
+                       f"{decision['correction']} correction across the run's tests")
+            weakest = max((c for c in result.checks if c.dimension != AGGREGATE_DIMENSION and "detectable_beyond"
+                           in c.statistic and c.verdict != INSUFFICIENT), default=None,
+                          key=lambda c: abs(c.statistic["detectable_beyond"] - c.tolerance))
+            if weakest is not None:
+                out.append(f"    least sensitive slice: {detectable(weakest)}")
         thin = sorted({f"{c.dimension}={c.value}" for c in result.checks if c.verdict == INSUFFICIENT})
         if thin:
             out.append(f"    insufficient (n < {spec.suite.min_slice_size}, not judged): {', '.join(thin)}")

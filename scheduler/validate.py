@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Callable
 
-from runners.contracts import ERROR, PASS, JobResult, JobSpec
+from runners.contracts import ERROR, INCONCLUSIVE, PASS, JobResult, JobSpec
 from scheduler.config import LoadedConfig
 from scheduler.dispatch import RayDispatcher, error_result
 from scheduler.ledger import Ledger
@@ -36,9 +36,15 @@ class ValidationReport:
             return EXIT_INTERNAL
         if any(r.verdict == ERROR for r in results):
             return EXIT_BAD_INPUT
-        if any(r.verdict != PASS for r in results):
+        if any(r.result.verdict != PASS and not _alert_inconclusive(r) for r in self.records):
             return EXIT_GATE_FAILED
         return EXIT_PASS
+
+
+def _alert_inconclusive(record: RunRecord) -> bool:
+    """An inconclusive verdict under the `alert` policy does not fail the gate: it is reported only."""
+    decision = record.spec.suite.decision or {}
+    return record.result.verdict == INCONCLUSIVE and decision.get("policy") == "alert"
 
 
 class LedgerListener:
