@@ -131,7 +131,7 @@ def detectable(c: CheckResult) -> str | None:
     if "detectable_beyond" not in s:
         return None
     relation = "above" if s["direction"] == "above" else "below"
-    return (f"with {c.n} rows, {_slice_label(c.dimension, c.value)} only shows a {_DESCRIBE[check_kind(c.check)]} "
+    return (f"with {c.n} rows, {_slice_label(c.dimension, c.value)} only shows {_DESCRIBE[check_kind(c.check)]} "
             f"{relation} {s['detectable_beyond']:.3f} as beyond tolerance {c.tolerance:g}")
 
 
