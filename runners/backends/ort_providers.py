@@ -31,9 +31,10 @@ def provider_options(providers: list[str], options: dict[str, Any]) -> list[tupl
         elif provider == TENSORRT:
             settings = {"device_id": device_id, "trt_fp16_enable": "1" if options.get("fp16") else "0",
                         "trt_max_workspace_size": str(int(options.get("workspace_mb") or 1024) << 20)}
-            if options.get("engine_cache_dir"):
-                settings.update({"trt_engine_cache_enable": "1", "trt_engine_cache_path": str(options["engine_cache_dir"]),
-                                 "trt_timing_cache_enable": "1", "trt_timing_cache_path": str(options["engine_cache_dir"])})
+            cache = options.get("engine_cache_dir")
+            if cache:
+                settings.update({"trt_engine_cache_enable": "1", "trt_engine_cache_path": str(cache),
+                                 "trt_timing_cache_enable": "1", "trt_timing_cache_path": str(cache)})
             out.append((TENSORRT, settings))
         else:
             out.append((provider, {}))

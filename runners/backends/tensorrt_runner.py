@@ -56,8 +56,8 @@ class TensorRTRunner(Runner):
         self.engine_path = cache / f"{self.path.stem}-{key}.engine"
         self._logger = trt.Logger(trt.Logger.WARNING)
         with torch.cuda.device(self._device):  # builder, runtime and context bind to the current device
-            runtime = trt.Runtime(self._logger)
-            loaded = engine_cache.load_or_build(self.engine_path, self._build, runtime.deserialize_cuda_engine)
+            self._runtime = trt.Runtime(self._logger)  # kept: it must outlive the engines it deserialized
+            loaded = engine_cache.load_or_build(self.engine_path, self._build, self._runtime.deserialize_cuda_engine)
             self._engine = loaded.engine
             self._context = self._engine.create_execution_context()
             self._stream = torch.cuda.Stream(device=self._device)
@@ -158,4 +158,4 @@ class TensorRTRunner(Runner):
                 "inputs_cast": {c.name: f"{c.data_dtype}->{c.torch_dtype}" for c in self._casts.values() if c.casts}}
 
     def _release(self) -> None:
-        del self._context, self._engine
+        del self._context, self._engine, self._runtime

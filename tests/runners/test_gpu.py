@@ -95,7 +95,8 @@ def onnx_mlp(path: Path, layers, fp16: bool = False, two_outputs: bool = False) 
     nodes, inits, h = [], [], "x"
     for i, (w, b) in enumerate(layers):
         inits += [numpy_helper.from_array(w.astype(dtype), f"W{i}"), numpy_helper.from_array(b.astype(dtype), f"B{i}")]
-        nodes += [helper.make_node("MatMul", [h, f"W{i}"], [f"m{i}"]), helper.make_node("Add", [f"m{i}", f"B{i}"], [f"a{i}"])]
+        nodes += [helper.make_node("MatMul", [h, f"W{i}"], [f"m{i}"]),
+                  helper.make_node("Add", [f"m{i}", f"B{i}"], [f"a{i}"])]
         h = f"a{i}"
         if i < len(layers) - 1:
             nodes.append(helper.make_node("Relu", [h], [f"hidden{i}"]))
@@ -265,7 +266,8 @@ def test_pt2_with_a_baked_cpu_device_runs_on_cuda(torch, tmp_path: Path) -> None
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return x + torch.ones(x.shape[1], device=x.device) * 2
 
-    program = torch.export.export(AddOnes(), (torch.zeros(4, 3),), dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
+    program = torch.export.export(AddOnes(), (torch.zeros(4, 3),),
+                                  dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
     torch.export.save(program, str(tmp_path / "baked.pt2"))
     x = np.arange(30, dtype=np.float32).reshape(10, 3)
     with make_runner("torch", tmp_path / "baked.pt2", {"device": "cuda"}) as runner:

@@ -111,7 +111,8 @@ def test_tensorrt_11_is_refused_as_infrastructure() -> None:
 def test_pyproject_bounds_tensorrt_below_11() -> None:
     import tomllib
 
-    gpu = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]["optional-dependencies"]["gpu"]
+    project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]
+    gpu = project["optional-dependencies"]["gpu"]
     assert any(d.replace(" ", "").startswith("tensorrt>=10,<11") for d in gpu), gpu
 
 
