@@ -197,7 +197,7 @@ def run_job(spec: JobSpec) -> JobResult:
         decide_run(result.checks, spec.suite)
         result.verdict = candidate_verdict(result.checks, spec.suite)
         result.status = "finished"
-    except (ArtifactError, DataError) as exc:  # BackendUnavailable (no GPU, no TensorRT) is infrastructure: below
+    except (ArtifactError, DataError) as exc:
         result.error, result.error_kind = str(exc), "input"
     except Exception as exc:  # anything else inside a job is that job's internal error
         result.error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"

@@ -51,6 +51,7 @@ class OnnxRuntimeRunner(Runner):
         check_providers(self.path, requested, self._loaded)
         self._inputs = self._session.get_inputs()
         self._output = self._session.get_outputs()[0].name
+        self._output_type = self._session.get_outputs()[0].type  # e.g. tensor(float16)
 
     def _loads_on_cpu(self, ort: Any) -> bool:
         try:
@@ -75,7 +76,7 @@ class OnnxRuntimeRunner(Runner):
                 "numeric_mode": numeric_mode(self._loaded, self.options), "providers": list(self._loaded),
                 "provider_options": {k: v for k, v in self._session.get_provider_options().items()
                                      if k in self._loaded and k != "CPUExecutionProvider"},
-                "output": self._output}
+                "output": self._output, "output_dtype": self._output_type}
 
     def _release(self) -> None:
         del self._session

@@ -154,7 +154,8 @@ class TensorRTRunner(Runner):
         return {**self._record, "numeric_mode": self._precision.mode, "engine": str(self.engine_path),
                 "engine_sha256": self._meta.get("engine_sha256"), "engine_from_cache": self.engine_cached,
                 "engine_evicted": list(self._evicted), "tensorrt": self._trt.__version__,
-                "output": self._output, "input_dtypes": {n: self._dtypes[n] for n in self._inputs},
+                "output": self._output, "output_dtype": self._dtypes[self._output],
+                "input_dtypes": {n: self._dtypes[n] for n in self._inputs},
                 "inputs_cast": {c.name: f"{c.data_dtype}->{c.torch_dtype}" for c in self._casts.values() if c.casts}}
 
     def _release(self) -> None:

@@ -74,6 +74,7 @@ class TorchRunner(Runner):
             out = self._module(*args)
         if isinstance(out, (tuple, list)):
             out = out[0]
+        self._output_dtype = str(out.dtype).removeprefix("torch.")
         if out.dtype == torch.bfloat16 or (out.is_floating_point() and out.element_size() == 1):
             out = out.float()  # bf16/fp8 have no numpy dtype
         return out.detach().to("cpu").numpy()
@@ -82,7 +83,9 @@ class TorchRunner(Runner):
         cuda = self._device.type == "cuda"
         flags = tf32_flags(self._torch)
         mode = "tf32" if cuda and (flags["matmul"] or flags["cudnn"]) else "fp32"
-        return {**self._record, "numeric_mode": mode, "tf32": flags if cuda else None}
+        # The mode is the fp32 arithmetic; an fp16 model computes in fp16 whatever it is: its output dtype says so.
+        return {**self._record, "numeric_mode": mode, "tf32": flags if cuda else None,
+                "output_dtype": getattr(self, "_output_dtype", None)}
 
     def _release(self) -> None:
         del self._module

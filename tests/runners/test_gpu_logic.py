@@ -245,5 +245,6 @@ def test_the_provenance_records_how_each_model_was_computed(demo_dir: Path) -> N
         assert result.status == "finished", result.error
         baseline, candidate = (result.provenance[role]["runtime"] for role in ("baseline", "candidate"))
         assert baseline == {"device": "cpu", "numeric_mode": "fp32", "providers": [CPU], "provider_options": {},
-                            "output": "logits"}
+                            "output": "logits", "output_dtype": "tensor(float)"}
         assert candidate["numeric_mode"] == "fp32" and candidate["device"] == "cpu"
+        assert candidate["output_dtype"] in ("tensor(float)", "float32")
