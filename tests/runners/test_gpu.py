@@ -180,12 +180,37 @@ def test_tensorrt_matches_cpu_and_reuses_its_engine(torch, tmp_path: Path, batch
     assert diff < 1e-4
 
 
+def test_tensorrt_fixed_batch_engine_pads_its_last_batch(torch, tmp_path: Path) -> None:  # noqa: ANN001
+    needs_tensorrt()
+    import onnx
+
+    layers, data = weights(), rows(20)
+    model = onnx_mlp(tmp_path / "fixed.onnx", layers)
+    proto = onnx.load(str(model))
+    for value in list(proto.graph.input) + list(proto.graph.output):
+        value.type.tensor_type.shape.dim[0].dim_value = 8  # a fixed batch of 8
+    onnx.save(proto, str(model))
+    with make_runner("tensorrt", model, {"cache_dir": str(tmp_path)}) as runner:
+        out = runner.infer_all(data, 8)  # 8, 8, then 4 rows padded to 8
+    np.testing.assert_allclose(out, reference(layers, data["x"]), atol=1e-4)
+
+
+def test_torch_on_a_second_gpu_runs_there(torch, tmp_path: Path) -> None:  # noqa: ANN001
+    if torch.cuda.device_count() < 2:
+        pytest.skip("one GPU here: cuda:1 cannot be checked")
+    layers, data = weights(), rows(4096)
+    with make_runner("torch", torchscript_mlp(torch, tmp_path / "mlp.ts", layers), {"device": "cuda:1"}) as runner:
+        out, described = runner.infer_all(data, 1024), runner.describe()
+    assert described["device"] == "cuda:1"
+    np.testing.assert_allclose(out, reference(layers, data["x"]), atol=1e-4)
+
+
 # -- fp16 ------------------------------------------------------------------------------------------------
 def test_torch_fp16_on_cuda_is_close_to_fp32_not_equal(torch, tmp_path: Path) -> None:  # noqa: ANN001
     layers, data = weights(), rows(4096)
     with make_runner("torch", torchscript_mlp(torch, tmp_path / "half.ts", layers, half=True), {"device": "cuda"}) as r:
-        half = r.infer_all(data, 1024)
-    assert half.dtype == np.float16
+        half, described = r.infer_all(data, 1024), r.describe()
+    assert half.dtype == np.float16 and described["output_dtype"] == "float16"
     diff = float(np.abs(half.astype(np.float64) - reference(layers, data["x"])).max())
     measure("torch_fp16_vs_fp64_reference", max_abs_diff=diff)
     assert 0 < diff < 5e-2
