@@ -242,7 +242,7 @@ def test_two_output_model_gives_the_first_graph_output_on_every_gpu_backend(torc
             assert runner.describe()["output"] == "logits"
             np.testing.assert_allclose(runner.infer_all(data, 512), expected, atol=1e-4)
         ran.append("tensorrt")
-    import onnxruntime as ort
+    ort = pytest.importorskip("onnxruntime")
 
     if CUDA_EP in ort.get_available_providers():
         with make_runner("onnxruntime", model, {"providers": [CUDA_EP]}) as runner:
@@ -274,7 +274,7 @@ def test_tf32_is_off_unless_asked_and_the_difference_is_measured(torch, tmp_path
 
 # -- fallback refused --------------------------------------------------------------------------------------
 def test_onnxruntime_never_runs_a_cuda_job_on_the_cpu(torch, tmp_path: Path) -> None:  # noqa: ANN001
-    import onnxruntime as ort
+    ort = pytest.importorskip("onnxruntime")
 
     model = onnx_mlp(tmp_path / "mlp.onnx", weights())
     # Without a loadable CUDA provider (CPU onnxruntime), or with one asked for a GPU that is not

@@ -12,9 +12,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_gpu_check_writes_its_summary_and_never_passes_on_nothing(tmp_path: Path) -> None:
-    out = tmp_path / "results"
+    out = tmp_path / "results"  # given relative to the caller's folder
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    run = subprocess.run([str(REPO / "scripts" / "gpu-check"), str(out)], cwd=tmp_path, env=env,
+    run = subprocess.run([str(REPO / "scripts" / "gpu-check"), "results"], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=600)
     summary = json.loads(run.stdout.strip().splitlines()[-1])
     assert summary == json.loads((out / "summary.json").read_text())
