@@ -27,10 +27,15 @@ from runners.probes import probe_stack
 from runners.tensor_checks import TENSOR_CHECKS, judge_tensor, tensor_stats
 
 
-def run_model(artifact: ArtifactSpec, options: dict[str, Any], data: EvalData, batch_size: int) -> np.ndarray:
-    """Load one model, run every row in batches, release it; outputs are class-major."""
+def run_model(artifact: ArtifactSpec, options: dict[str, Any], data: EvalData, batch_size: int,
+              runtime: dict[str, Any] | None = None) -> np.ndarray:
+    """Load one model, run every row in batches, release it; outputs are class-major. `runtime`
+    receives how the runner computed (device, numeric mode, providers, engine), for the provenance."""
     with make_runner(artifact.runner, artifact.path, options) as runner:
-        return runner.infer_all(data.inputs, batch_size, class_major=True)
+        outputs = runner.infer_all(data.inputs, batch_size, class_major=True)
+        if runtime is not None:
+            runtime.update(runner.describe())
+        return outputs
 
 
 def check_same_shape(spec: JobSpec, baseline: np.ndarray, candidate: np.ndarray) -> None:
@@ -80,18 +85,23 @@ def _row_magnitudes(rows: RowMetrics, index: SliceIndex):
     return of
 
 
-def run_at_batch_sizes(spec: JobSpec, data: EvalData) -> tuple[list[CheckResult], list[dict[str, Any]]]:
+def run_at_batch_sizes(spec: JobSpec, data: EvalData, provenance: dict[str, Any] | None = None,
+                       ) -> tuple[list[CheckResult], list[dict[str, Any]]]:
     """The candidate at every production batch size against one baseline run; every check is
     judged at each size (named "check@batch=N"), and the spread across sizes is reported.
 
     Dynamic quantization picks activation scales per batch, so the same rows can get different
     predictions at different batch sizes; the fp32 baseline is the batch-independent reference."""
     options = spec.runner_options.get
-    baseline = run_model(spec.baseline, options(spec.baseline.runner, {}), data, spec.batch_size)
+    runtime = {role: provenance[role].setdefault("runtime", {}) if provenance else None
+               for role in ("baseline", "candidate")}
+    baseline = run_model(spec.baseline, options(spec.baseline.runner, {}), data, spec.batch_size,
+                         runtime["baseline"])
     checks: list[CheckResult] = []
     measured: dict[tuple[str, str, str], list[float]] = {}
     for size in spec.suite.batch_sizes:
-        candidate = run_model(spec.candidate_artifact, options(spec.candidate_artifact.runner, {}), data, size)
+        candidate = run_model(spec.candidate_artifact, options(spec.candidate_artifact.runner, {}), data, size,
+                              runtime["candidate"])
         check_same_shape(spec, baseline, candidate)
         for check in judge_outputs(baseline, candidate, data, spec.suite):
             measured.setdefault((check.check, check.dimension, check.value), []).append(check.candidate)
@@ -176,10 +186,12 @@ def run_job(spec: JobSpec) -> JobResult:
         else:
             data = load_eval_data(spec.suite.data, spec.suite.slices, spec.suite.max_slice_values)
             if spec.suite.batch_sizes:
-                result.checks, result.provenance["batch_spread"] = run_at_batch_sizes(spec, data)
+                result.checks, result.provenance["batch_spread"] = run_at_batch_sizes(spec, data, result.provenance)
             else:
-                outputs = [run_model(a, spec.runner_options.get(a.runner, {}), data, spec.batch_size)
-                           for a in (spec.baseline, spec.candidate_artifact)]  # one after the other: each gets every core
+                outputs = [run_model(a, spec.runner_options.get(a.runner, {}), data, spec.batch_size,
+                                     result.provenance[role].setdefault("runtime", {}))
+                           for role, a in (("baseline", spec.baseline), ("candidate", spec.candidate_artifact))]
+                # (one after the other: each gets every core)
                 check_same_shape(spec, *outputs)
                 result.checks = judge_outputs(*outputs, data, spec.suite)
         decide_run(result.checks, spec.suite)

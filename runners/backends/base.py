@@ -17,6 +17,11 @@ class ArtifactError(ValueError):
     """A model artifact cannot be loaded or does not fit its data; the message says which and why."""
 
 
+class BackendUnavailable(RuntimeError):
+    """The target lacks what a backend needs (no CUDA device, TensorRT not installed, an execution
+    provider that does not load): an infrastructure fault of the target, not bad input."""
+
+
 class Runner(ABC):
     name = "base"
 
@@ -40,6 +45,11 @@ class Runner(ABC):
 
     def _release(self) -> None:
         """Drop the session/module (default: nothing to do)."""
+
+    def describe(self) -> dict[str, Any]:
+        """How this runner computes, for the provenance: device, numeric mode, providers... (while
+        active). A backend that does not say is recorded as not saying, never as fp32 on the CPU."""
+        return {"numeric_mode": "not reported by this runner"}
 
     # -- lifecycle --------------------------------------------------------------------------
     def activate(self) -> "Runner":
@@ -80,19 +90,32 @@ class Runner(ABC):
                 f"{self.path}: model inputs {missing} are not in the evaluation data (it has {sorted(inputs)})"
             )
         names = self.input_names
-        rows = len(inputs[names[0]])
+        # A 0-d input (a scalar such as a temperature) goes whole with every batch.
+        batched = [n for n in names if np.ndim(inputs[n]) > 0]
+        if not batched:
+            raise ArtifactError(f"{self.path}: every model input is a scalar: no rows to run")
+        rows = len(inputs[batched[0]])
         out: np.ndarray | None = None
         for start in range(0, rows, batch_size):
-            batch = {n: inputs[n][start : start + batch_size] for n in names}
+            batch = {n: inputs[n][start : start + batch_size] if n in batched else inputs[n] for n in names}
+            expected = len(batch[batched[0]])
             result = self._infer(batch)
+            # A backend or model that returns another row count would leave rows of `out` unwritten
+            # (np.empty): garbage that the comparison would read as outputs.
+            if result.ndim == 0 or len(result) != expected:
+                got = "a scalar" if result.ndim == 0 else f"{len(result)} rows"
+                raise ArtifactError(f"{self.path}: the {self.name} runner returned {got} for a batch of {expected} "
+                                    f"rows (rows {start}..{start + expected - 1}); the model's first output must "
+                                    f"have one row per input row")
             if class_major:
                 result = result.reshape(len(result), -1).T
             if out is None:  # allocate once, when the output shape is known
                 shape = (result.shape[0], rows) if class_major else (rows, *result.shape[1:])
                 out = np.empty(shape, dtype=result.dtype)
             if class_major:
-                out[:, start : start + result.shape[1]] = result
+                out[:, start : start + expected] = result
             else:
-                out[start : start + len(result)] = result
-        assert out is not None
+                out[start : start + expected] = result
+        if out is None:
+            raise ArtifactError(f"{self.path}: no rows to run (the evaluation data is empty)")
         return out

@@ -48,17 +48,27 @@ class OnnxRuntimeOptions(Strict):
     intra_op_threads: int | None = Field(default=None, ge=0, le=1024)
     inter_op_threads: int | None = Field(default=None, ge=0, le=1024)
     allow_spinning: bool = True
+    # GPU providers: which GPU, and the numeric mode (TF32 off unless asked: CUDA's use_tf32).
+    # Unset (None) fields stay out of the job key, so configs that do not use them keep their keys.
+    device_id: int | None = Field(default=None, ge=0, le=1024)  # unset: 0
+    tf32: bool | None = None  # unset: off
+    fp16: bool | None = None  # TensorRT provider: trt_fp16_enable; unset: off
+    workspace_mb: int | None = Field(default=None, ge=16)  # TensorRT provider; unset: 1024
+    engine_cache_dir: str | None = None  # TensorRT provider: engines kept between sessions
 
 
 class TorchOptions(Strict):
     device: str = Field(default="cpu", pattern=r"^(cpu|cuda(:\d+)?)$")
     threads: int | None = Field(default=None, ge=1, le=1024)
+    tf32: bool | None = None  # on CUDA: matmuls and cuDNN in TF32; unset or false: IEEE fp32
 
 
 class TensorRTOptions(Strict):
     device: str = Field(default="cuda:0", pattern=r"^cuda(:\d+)?$")
     fp16: bool = False
+    tf32: bool | None = None  # TensorRT's default is on; unset or false: IEEE fp32 where fp16 is not asked
     max_batch_size: int = Field(default=4096, ge=1, le=1_000_000)
+    opt_batch_size: int | None = Field(default=None, ge=1, le=1_000_000)  # default min(1024, max_batch_size)
     workspace_mb: int = Field(default=1024, ge=16)
     cache_dir: str | None = None  # engines, keyed by GPU model, TensorRT version, model and options
 

@@ -46,6 +46,11 @@ class FixtureNVML:
     def nvmlDeviceGetUUID(self, handle: dict) -> str:
         return handle["uuid"]
 
+    def nvmlDeviceGetPciInfo(self, handle: dict) -> object:
+        if "pci" not in handle:
+            raise type("NVMLError_NotSupported", (Exception,), {})()
+        return type("PciInfo", (), {"busId": handle["pci"].encode()})()
+
     def nvmlDeviceGetVbiosVersion(self, handle: dict) -> str:
         return handle["vbios"]
 
