@@ -27,7 +27,9 @@ def result(spec, verdict: str) -> JobResult:
               CheckResult("max_drop", "scan", "faint", 90, 0.98, 0.73 if verdict == "fail" else 0.975,
                           -0.25 if verdict == "fail" else -0.005, 0.08, verdict, {}),
               CheckResult("max_drop", "scan", "tiny", 5, 1.0, 1.0, 0.0, 0.08, "insufficient", {}),
-              CheckResult("max_drop", "quote", 'say "hi" \\ now', 60, 1.0, 1.0, 0.0, 0.08, "pass", {})]
+              CheckResult("max_drop", "quote", 'say "hi" \\ now', 60, 1.0, 1.0, 0.0, 0.08, "pass", {}),
+              CheckResult("max_drop", "scan", "clean", 400, 0.99, 0.985, -0.005, 0.08, "pass",
+                          {"bound_low": -0.004, "bound_high": 0.021, "direction": "above", "p_within": 0.001})]
     now = time.time()
     return JobResult(job_id=spec.job_id, status="finished", verdict=verdict, checks=checks,
                      provenance={"fingerprint": {"hash": "fp"}}, started_at=now - 2, finished_at=now)
@@ -51,6 +53,32 @@ def world(tmp_path: Path):
     snapshot = Snapshot(loaded=loaded, keys=current_keys(Planner(loaded).jobs("current", ledger.latest_fingerprints())),
                         last_poll_at=time.time())
     return loaded, ledger, snapshot
+
+
+@pytest.mark.parametrize("policy,use", [(None, "baseline"), ("release", "baseline"), ("alert", "candidate")])
+def test_an_inconclusive_gate_serves_by_the_suites_policy(tmp_path: Path, policy: str | None, use: str) -> None:
+    from scheduler.config import load_config
+
+    two_target_config(tmp_path)
+    path = tmp_path / "targets.yaml"
+    if policy:
+        path.write_text(path.read_text().replace("checks: {max_drop: 0.02}}",
+                                                 f"checks: {{max_drop: 0.02}}, decision: {{policy: {policy}}}}}"))
+    loaded = load_config(path)
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    ledger.record_fingerprint("cpu", {"hash": "cpu-1", "components": dict(STACK), "probes": {}})
+    jobs = [j for j in Planner(loaded).jobs("manual", ledger.latest_fingerprints()) if j.target == "cpu"]
+    for spec in jobs:
+        ledger.finish_run(ledger.start_run(spec), result(spec, "inconclusive" if spec.candidate == "pt" else "pass"))
+    snapshot = Snapshot(loaded=loaded, keys=current_keys(Planner(loaded).jobs("current", ledger.latest_fingerprints())))
+    gates = gates_by(ledger, snapshot)
+    assert gates[("cpu", "pt")].state == "inconclusive" and gates[("cpu", "pt")].use == use
+    assert "more rows would decide" in gates[("cpu", "pt")].reason
+    assert (gates[("cpu", "ort")].state, gates[("cpu", "ort")].use) == ("pass", "candidate")
+    text = Exporter(ledger, lambda: snapshot).render().decode()
+    assert ('revalidator_gate_state{candidate="pt",model="m",state="inconclusive",target="cpu"} 1.0' in text)
+    assert 'revalidator_check_bound{target="cpu",model="m",candidate="pt",suite="s",dimension="scan",slice="clean",' \
+           'check="max_drop"} 0.021' in text
 
 
 def gates_by(ledger, snapshot) -> dict[tuple[str, str], object]:

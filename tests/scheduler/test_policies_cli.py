@@ -86,3 +86,21 @@ def test_plan_rows_names_the_short_slices(tmp_path: Path, demo_dir: Path, capsys
     code, _, err = run_cli(capsys, "plan-rows", "-c", str(path), "--suite", "nope")
     assert code == 2 and "--suite 'nope'" in err
     assert main(["plan-rows", "-c", str(path), "--accuracy", "1.5"]) == 2
+
+
+def test_the_policy_and_confidence_are_part_of_the_job_key(tmp_path: Path, demo_dir: Path) -> None:
+    from scheduler.config import load_config
+    from scheduler.planning import Planner
+
+    def keys(text: str) -> set[str]:
+        path = tmp_path / "variant.yaml"
+        path.write_text(text)
+        return {j.job_key for j in Planner(load_config(path)).jobs("manual")}
+
+    point = write_config(tmp_path, demo_dir).read_text()
+    release = point.replace("min_slice_size: 50", "min_slice_size: 50\n    decision: {policy: release}")
+    confident = release.replace("min_slice_size: 50", "min_slice_size: 50\n    confidence: 0.99")
+    bh = release.replace("{policy: release}", "{policy: release, correction: bh}")
+    variants = [keys(t) for t in (point, release, confident, bh)]
+    assert all(len(v) == 2 for v in variants)
+    assert len(set().union(*variants)) == 8  # a result decided one way never stands for another
