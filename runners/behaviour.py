@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from runners import catalogue as cat
 from runners.contracts import CheckResult, CheckSpec
 from runners.decision import PAIRED
 from runners.generate import Generation
@@ -247,37 +248,29 @@ def _step_top1(g: GroupBehaviour, limit: float, confidence: float):
     return g.n, 1.0, value, below(value, limit), {"steps": g.kl_steps, "wilson_low": low, "wilson_high": high}
 
 
-GENERATION_CHECKS = {
-    "max_refusal_rate_delta": _rate_check("refusal", two_sided=True),
-    "max_format_drop": _rate_check("format", two_sided=False),
-    "max_exact_match_drop": _rate_check("exact", two_sided=False),
-    "min_token_agreement": _token_agreement,
-    "max_mean_step_kl": _mean_step_kl,
-    "min_step_top1_agreement": _step_top1,
-}
-# Checks on a ratio over tokens or steps, bootstrapped over prompts (tokens of one prompt are not
-# independent) under a deciding policy: their direction.
-PER_PROMPT_RATIOS = {"min_token_agreement": "below", "max_mean_step_kl": "above", "min_step_top1_agreement": "below"}
+cat.judge_for(cat.MAX_REFUSAL_RATE_DELTA)(_rate_check("refusal", two_sided=True))
+cat.judge_for(cat.MAX_FORMAT_DROP)(_rate_check("format", two_sided=False))
+cat.judge_for(cat.MAX_EXACT_MATCH_DROP)(_rate_check("exact", two_sided=False))
+cat.judge_for(cat.MIN_TOKEN_AGREEMENT)(_token_agreement)
+cat.judge_for(cat.MAX_MEAN_STEP_KL)(_mean_step_kl)
+cat.judge_for(cat.MIN_STEP_TOP1_AGREEMENT)(_step_top1)
 
 
 def prompt_ratios(pair: Drift, prompts: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per prompt, the numerator and denominator of each PER_PROMPT_RATIOS check."""
+    """Per prompt, the numerator and denominator of each check bootstrapped over prompts (a ratio over
+    tokens or steps: the tokens of one prompt are not independent)."""
     steps = np.bincount(pair.step_rows, minlength=prompts).astype(np.float64)
-    return {"min_token_agreement": (pair.agree.astype(np.float64), pair.compared.astype(np.float64)),
-            "max_mean_step_kl": (np.bincount(pair.step_rows, weights=pair.step_kl, minlength=prompts), steps),
-            "min_step_top1_agreement": (np.bincount(pair.step_rows, weights=pair.step_top1.astype(np.float64),
-                                                    minlength=prompts), steps)}
-
-
-# Checks that only concern the prompts that carry a format or a reference.
-SUBSET_FLAGS = {"max_format_drop": "format", "max_exact_match_drop": "exact"}
+    return {cat.MIN_TOKEN_AGREEMENT.name: (pair.agree.astype(np.float64), pair.compared.astype(np.float64)),
+            cat.MAX_MEAN_STEP_KL.name: (np.bincount(pair.step_rows, weights=pair.step_kl, minlength=prompts), steps),
+            cat.MIN_STEP_TOP1_AGREEMENT.name: (np.bincount(pair.step_rows, weights=pair.step_top1.astype(np.float64),
+                                                           minlength=prompts), steps)}
 
 
 def judge_generation(check: CheckSpec, dimension: str, value: str, g: GroupBehaviour, min_slice_size: int,
                      confidence: float) -> CheckResult | None:
     """One check on one slice; None where the slice holds no prompt the check applies to."""
-    n, base, cand, breached, statistic = GENERATION_CHECKS[check.name](g, check.limit, confidence)
-    if check.name in SUBSET_FLAGS and n == 0:
+    n, base, cand, breached, statistic = cat.judge(check.name)(g, check.limit, confidence)
+    if cat.get(check.name).subset and n == 0:
         return None
     if g.nonfinite:
         statistic = statistic | {"nonfinite_prompts": g.nonfinite}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from runners import catalogue as cat
 from runners.contracts import CheckResult, CheckSpec
 from runners.decision import PAIRED, PROPORTION
 from runners.metrics import GroupStats
@@ -29,12 +30,14 @@ def _paired_evidence(s: GroupStats) -> dict[str, float]:
             "baseline_only": s.baseline_only, "candidate_only": s.candidate_only}
 
 
+@cat.judge_for(cat.MAX_DROP)
 def _max_drop(s: GroupStats, limit: float, confidence: float) -> Judgement:
     base, cand = _accuracies(s)
     paired = (s.baseline_only, s.candidate_only, s.n, limit, False, 1.0)
     return base, cand, above(base - cand, limit), _paired_evidence(s) | {PAIRED: paired}
 
 
+@cat.judge_for(cat.MAX_RELATIVE_DROP)
 def _max_relative_drop(s: GroupStats, limit: float, confidence: float) -> Judgement:
     base, cand = _accuracies(s)
     relative = (base - cand) / base if base > 0 else 0.0
@@ -44,6 +47,7 @@ def _max_relative_drop(s: GroupStats, limit: float, confidence: float) -> Judgem
     return base, cand, above(relative, limit), evidence
 
 
+@cat.judge_for(cat.MIN_ACCURACY)
 def _min_accuracy(s: GroupStats, limit: float, confidence: float) -> Judgement:
     base, cand = _accuracies(s)
     low, high = wilson_interval(s.correct_candidate, s.n, confidence)
@@ -51,6 +55,7 @@ def _min_accuracy(s: GroupStats, limit: float, confidence: float) -> Judgement:
                                             PROPORTION: (s.correct_candidate, s.n, limit)}
 
 
+@cat.judge_for(cat.MIN_AGREEMENT)
 def _min_agreement(s: GroupStats, limit: float, confidence: float) -> Judgement:
     agreement = s.agree / max(s.n, 1)
     low, high = wilson_interval(s.agree, s.n, confidence)
@@ -72,26 +77,16 @@ def _lower(field: str, ideal: float) -> Judge:
     return judge
 
 
-CHECKS: dict[str, Judge] = {
-    "max_drop": _max_drop,
-    "max_relative_drop": _max_relative_drop,
-    "min_accuracy": _min_accuracy,
-    "min_agreement": _min_agreement,
-    "max_mean_kl": _upper("kl", 0.0),
-    "max_abs_diff": _upper("max_abs", 0.0),
-    "max_mean_abs_diff": _upper("mean_abs", 0.0),
-    "min_cosine": _lower("cosine", 1.0),
-}
-NEEDS_LABELS = frozenset({"max_drop", "max_relative_drop", "min_accuracy"})
-# Checks on a mean over rows, bootstrapped under a deciding policy: the row quantity and its direction.
-MEAN_OVER_ROWS = {"max_mean_kl": ("kl", "above"), "max_mean_abs_diff": ("mean_abs", "above"),
-                  "min_cosine": ("cosine", "below")}
+cat.judge_for(cat.MAX_MEAN_KL)(_upper("kl", 0.0))
+cat.judge_for(cat.MAX_ABS_DIFF)(_upper("max_abs", 0.0))
+cat.judge_for(cat.MAX_MEAN_ABS_DIFF)(_upper("mean_abs", 0.0))
+cat.judge_for(cat.MIN_COSINE)(_lower("cosine", 1.0))
 
 
 def judge(check: CheckSpec, dimension: str, value: str, stats: GroupStats,
           min_slice_size: int, confidence: float) -> CheckResult:
     """Judge one check on one slice (the shared rule: runners/verdict.py)."""
-    base, cand, breached, statistic = CHECKS[check.name](stats, check.limit, confidence)
+    base, cand, breached, statistic = cat.judge(check.name)(stats, check.limit, confidence)
     if stats.nonfinite:
         statistic = statistic | {"nonfinite_rows": stats.nonfinite}
     return CheckResult(check=check.name, dimension=dimension, value=value, n=stats.n,

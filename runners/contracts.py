@@ -34,7 +34,7 @@ class ArtifactSpec:
 
 @dataclass(frozen=True)
 class CheckSpec:
-    """One tolerance, fixed in advance: e.g. metric "accuracy", kind "max_drop", limit 0.02."""
+    """One tolerance, fixed in advance: a check of the catalogue (runners/catalogue.py) and its limit."""
 
     name: str
     limit: float

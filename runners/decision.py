@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from runners import catalogue
 from runners.contracts import FAIL, INCONCLUSIVE, INSUFFICIENT, PASS, CheckResult, SuiteSpec
 from runners.stats import (benjamini_hochberg, bootstrap_ratios, holm, lower_p, paired_bounds, paired_null_sd,
                            paired_score_z, proportion_score_z, upper_p, z_of)
@@ -154,11 +155,6 @@ def rows_needed(evidence: dict[str, Any], limit: float, confidence: float) -> in
     return int(math.ceil((z_of(confidence) * sd / gap) ** 2))
 
 
-# Checks judged on a difference of paired rates, and on a single rate, for planning.
-PAIRED_CHECKS = ("max_drop", "max_relative_drop", "max_format_drop", "max_exact_match_drop", "max_refusal_rate_delta")
-RATE_CHECKS = ("min_agreement", "min_accuracy")  # per-token rates of generated text are bootstrapped: magnitudes
-
-
 def plan_rows(check: str, limit: float, confidence: float, discordance: float, rate: float | None,
               tests: int = 1) -> int | None:
     """Rows a slice needs to show a clean candidate within `limit` with POWER probability, for each
@@ -169,12 +165,13 @@ def plan_rows(check: str, limit: float, confidence: float, discordance: float, r
     magnitude: its spread comes from a pilot run, see `rows_needed` in a report) or a rate that
     is not within its limit."""
     z_a, z_b = z_of(confidence), z_of(POWER ** (1 / max(tests, 1)))
-    if check in PAIRED_CHECKS:
+    bound = catalogue.get(check).bound
+    if bound == "paired":
         if limit <= 0:
             return None
         null_sd = float(paired_null_sd(discordance / 2, discordance / 2, 1.0, limit))
         return int(math.ceil(((z_a * null_sd + z_b * math.sqrt(discordance)) / limit) ** 2))
-    if check in RATE_CHECKS and rate is not None and rate > limit:
+    if bound == "rate" and rate is not None and rate > limit:
         spread = z_a * math.sqrt(limit * (1 - limit)) + z_b * math.sqrt(rate * (1 - rate))
         return int(math.ceil((spread / (rate - limit)) ** 2))
     return None

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runners import catalogue as cat
 from runners.backends import ArtifactError
 from runners.contracts import ArtifactSpec, CheckResult, SuiteSpec
 from runners.process import run_in_group
@@ -119,11 +120,11 @@ def compare(baseline: dict[tuple[str, str], Score], candidate: dict[tuple[str, s
                          "candidate_stderr": cand.stderr}
         n = base.n if base.n is not None else 0
         for check in suite.checks_for(TASK_DIMENSION):
-            if check.name != "max_drop":
+            if check.name != cat.MAX_DROP.name:
                 continue
             # Without a row count (n unknown) the slice size cannot be judged: decide on the figures.
             verdict = decide(n, suite.min_slice_size if base.n is not None else 0, above(drop, check.limit))
-            results.append(CheckResult(check=f"max_drop:{metric}", dimension=TASK_DIMENSION, value=task, n=n,
+            results.append(CheckResult(check=f"{check.name}:{metric}", dimension=TASK_DIMENSION, value=task, n=n,
                                        baseline=base.value, candidate=cand.value, delta=cand.value - base.value,
                                        tolerance=check.limit, verdict=verdict, statistic=dict(statistic)))
     if not results:

@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 
 from runners.backends import ArtifactError, make_runner
-from runners.behaviour import (DEFAULT_CURVE_POSITIONS, DEFAULT_REFUSAL_PATTERNS, PER_PROMPT_RATIOS, SUBSET_FLAGS,
-                               Drift, ModelScores, divergence_quantiles, drift, judge_generation, prompt_ratios, score,
-                               slice_behaviour)
+from runners import catalogue as cat
+from runners.behaviour import (DEFAULT_CURVE_POSITIONS, DEFAULT_REFUSAL_PATTERNS, Drift, ModelScores,
+                               divergence_quantiles, drift, judge_generation, prompt_ratios, score, slice_behaviour)
 from runners.contracts import ArtifactSpec, CheckResult, SuiteSpec
 from runners.data import DataError, check_slice_values
 from runners.decision import Policy, attach_evidence
@@ -108,11 +108,12 @@ def _prompt_magnitudes(pair: Drift, prompts: PromptSet, slices: tuple[str, ...])
     columns = {d: np.array(prompts.column(d)) for d in slices}
 
     def of(check: CheckResult) -> tuple[np.ndarray, np.ndarray, str] | None:
-        if check.check not in PER_PROMPT_RATIOS:
+        declared = cat.get(check.check)
+        if declared.bound != "prompts":
             return None
         rows = slice(None) if check.dimension == "all" else columns[check.dimension] == check.value
         numerator, denominator = ratios[check.check]
-        return numerator[rows], denominator[rows], PER_PROMPT_RATIOS[check.check]
+        return numerator[rows], denominator[rows], "above" if declared.upper else "below"
     return of
 
 
@@ -124,7 +125,7 @@ def judge_texts(outputs: list[list[str]], pair: Drift, prompts: PromptSet, suite
     groups = slice_behaviour(prompts, suite.slices, *scores, pair)
     aggregate_counts = groups[("all", "all")].flags
     for check in suite.checks:
-        flag = SUBSET_FLAGS.get(check.name)
+        flag = cat.get(check.name).subset
         if flag and aggregate_counts[flag][0] == 0:
             what = "an expected \"format\"" if flag == "format" else "a \"reference\""
             raise DataError(f"{suite.data}: check {check.name} needs prompts with {what}, and none has one")

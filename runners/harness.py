@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from runners.backends import ArtifactError, make_runner
-from runners.checks import MEAN_OVER_ROWS, NEEDS_LABELS, judge
+from runners import catalogue as cat
+from runners.checks import judge
 from runners.contracts import ERROR, ArtifactSpec, CheckResult, JobResult, JobSpec, SuiteSpec
 from runners.decision import Policy, attach_evidence, decide_run, verdict_for
 from runners.data import DataError, EvalData, check_labels_fit, load_eval_data
@@ -24,7 +25,7 @@ from runners.generative import LM_RUNNERS, GenerationSettings, generate, judge_g
 from runners.hashing import artifact_digests, sha256_path
 from runners.metrics import RowMetrics, SliceIndex, row_metrics, slice_members, slice_stats
 from runners.probes import probe_stack
-from runners.tensor_checks import TENSOR_CHECKS, judge_tensor, tensor_stats
+from runners.tensor_checks import judge_tensor, tensor_stats
 
 
 def run_model(artifact: ArtifactSpec, options: dict[str, Any], data: EvalData, batch_size: int,
@@ -52,21 +53,21 @@ def judge_outputs(baseline: np.ndarray, candidate: np.ndarray, data: EvalData,
 
     `baseline` and `candidate` are class-major outputs, as run_model returns them."""
     if data.labels is None:
-        needing = sorted({c.name for c in suite.checks + (suite.slice_checks or ()) if c.name in NEEDS_LABELS})
+        needing = sorted({c.name for c in suite.checks + (suite.slice_checks or ()) if cat.get(c.name).needs_labels})
         if needing:
             raise DataError(f"{suite.data}: checks {needing} need a 'labels' array, and the file has none")
     else:
         check_labels_fit(suite.data, data.labels, len(baseline))
     rows = row_metrics(baseline, candidate, data.labels, suite.output_kind)
     tensors = None
-    if any(c.name in TENSOR_CHECKS for c in suite.checks + (suite.slice_checks or ())):
+    if any(cat.get(c.name).family == "tensor" for c in suite.checks + (suite.slice_checks or ())):
         tolerance = suite.tensor_tolerance or {}
         tensors = tensor_stats(baseline, candidate, data.slice_index, tolerance.get("atol", 0.0),
                                tolerance.get("rtol", 0.0))
     results = []
     for (dimension, value), stats in slice_stats(rows, data.slice_index).items():
         for check in suite.checks_for(dimension):
-            if check.name in TENSOR_CHECKS:
+            if cat.get(check.name).family == "tensor":
                 results.append(judge_tensor(check, dimension, value, tensors[(dimension, value)],
                                             suite.min_slice_size))
             else:
@@ -78,10 +79,11 @@ def judge_outputs(baseline: np.ndarray, candidate: np.ndarray, data: EvalData,
 def _row_magnitudes(rows: RowMetrics, index: SliceIndex):
     """The per-row values of a mean-over-rows check on its slice, for the bootstrap."""
     def of(check: CheckResult) -> tuple[np.ndarray, None, str] | None:
-        if check.check not in MEAN_OVER_ROWS:
+        declared = cat.get(check.check)
+        if declared.bound != "rows":
             return None
-        quantity, direction = MEAN_OVER_ROWS[check.check]
-        return rows.column(quantity)[slice_members(index, (check.dimension, check.value))], None, direction
+        members = slice_members(index, (check.dimension, check.value))
+        return rows.column(declared.row_quantity)[members], None, "above" if declared.upper else "below"
     return of
 
 

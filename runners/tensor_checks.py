@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from runners import catalogue as cat
 from runners.contracts import CheckResult, CheckSpec
 from runners.metrics import SliceIndex
 from runners.verdict import above, below, decide
 
-TENSOR_CHECKS = ("min_within_tolerance", "max_median_abs_diff", "max_p99_abs_diff")
 
 
 @dataclass
@@ -56,14 +56,17 @@ def tensor_stats(baseline: np.ndarray, candidate: np.ndarray, index: SliceIndex,
     return out
 
 
+cat.judge_for(cat.MIN_WITHIN_TOLERANCE)(lambda s: s.within / max(s.values, 1))
+cat.judge_for(cat.MAX_MEDIAN_ABS_DIFF)(lambda s: s.median_abs)
+cat.judge_for(cat.MAX_P99_ABS_DIFF)(lambda s: s.p99_abs)
+
+
 def judge_tensor(check: CheckSpec, dimension: str, value: str, s: TensorStats, min_slice_size: int) -> CheckResult:
-    if check.name == "min_within_tolerance":
-        measured, ideal = s.within / max(s.values, 1), 1.0
-        breached = below(measured, check.limit)
-    else:
-        measured = s.median_abs if check.name == "max_median_abs_diff" else s.p99_abs
-        ideal = 0.0
-        breached = above(measured, check.limit)
+    """One tensor check on one slice: its registered judge reads the figure from the slice's TensorStats."""
+    declared = cat.get(check.name)
+    measured = cat.judge(check.name)(s)
+    ideal = 0.0 if declared.upper else 1.0
+    breached = above(measured, check.limit) if declared.upper else below(measured, check.limit)
     return CheckResult(check=check.name, dimension=dimension, value=value, n=s.n, baseline=ideal, candidate=measured,
                        delta=measured - ideal, tolerance=check.limit,
                        verdict=decide(s.n, min_slice_size, breached, s.nonfinite),

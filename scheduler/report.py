@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from runners import catalogue
 from runners.contracts import AGGREGATE_DIMENSION, FAIL, INCONCLUSIVE, INSUFFICIENT, PASS, CheckResult
 from scheduler.validate import RunRecord, ValidationReport
 
@@ -12,23 +13,12 @@ DOCUMENT_VERSION = 1
 
 _MARK = {PASS: "ok", FAIL: "FAIL", INSUFFICIENT: "n<min", INCONCLUSIVE: "?"}
 
-# How each check reads in words: (what is measured, how the limit applies).
-_DESCRIBE = {
-    "max_drop": "accuracy drop", "max_relative_drop": "relative accuracy drop", "min_accuracy": "accuracy",
-    "min_agreement": "top-1 agreement", "max_mean_kl": "mean KL", "max_abs_diff": "max |diff|",
-    "max_mean_abs_diff": "mean |diff|", "min_cosine": "cosine similarity",
-    "max_refusal_rate_delta": "refusal rate change", "max_format_drop": "format compliance drop",
-    "max_exact_match_drop": "exact match drop", "min_token_agreement": "token agreement",
-    "max_mean_step_kl": "mean per-step KL", "min_within_tolerance": "share of elements within atol/rtol",
-    "max_median_abs_diff": "median |diff|", "max_p99_abs_diff": "p99 |diff|",
-    "min_step_top1_agreement": "per-step top-1 agreement",
-}
 # Where each family counts its non-finite outputs (rows, prompts, output elements).
 _NONFINITE = ("nonfinite_rows", "nonfinite_prompts", "nonfinite_elements")
-# Checks on a rate whose tolerance bounds baseline minus candidate.
-_DROPS = ("max_drop", "max_format_drop", "max_exact_match_drop")
-_RATES = {"max_drop": "accuracy", "max_format_drop": "format compliance", "max_exact_match_drop": "exact match",
-          "max_refusal_rate_delta": "refusal rate"}
+
+
+def _words(name: str) -> str:
+    return catalogue.get(name).words
 
 
 def check_dict(c: CheckResult) -> dict[str, Any]:
@@ -56,21 +46,19 @@ def _slice_label(dimension: str, value: str, aggregate: str = "aggregate") -> st
     return aggregate if dimension == AGGREGATE_DIMENSION else f"{dimension}={value}"
 
 
-def check_kind(name: str) -> str:
-    """The check without its batch-size qualifier: "max_drop@batch=64" -> "max_drop"."""
-    return name.split("@", 1)[0].split(":", 1)[0]  # "max_drop:acc" (an external metric) -> "max_drop"
+check_kind = catalogue.kind
 
 
 def _measured(c: CheckResult) -> float | None:
     """The quantity the tolerance applies to."""
-    kind = check_kind(c.check)
+    measured = catalogue.get(c.check).measured
     if "drop" in c.statistic:  # external metrics: the drop in the metric's better direction
         return c.statistic["drop"]
-    if kind in _DROPS:
+    if measured == "drop":
         return None if c.delta is None else 0.0 - c.delta  # 0.0 - x keeps "no drop" as +0.0
-    if kind == "max_refusal_rate_delta":
+    if measured == "abs_delta":
         return None if c.delta is None else abs(c.delta)
-    if kind == "max_relative_drop":
+    if measured == "relative_drop":
         return c.statistic.get("relative_drop")
     return c.candidate
 
@@ -79,23 +67,23 @@ def explain_failure(c: CheckResult) -> str:
     """One line: what failed, on which slice, by how much, against which tolerance."""
     where = _slice_label(c.dimension, c.value)
     value = _measured(c)
-    kind = check_kind(c.check)
-    relation = ">" if kind.startswith("max_") else "<"
+    declared = catalogue.get(c.check)
+    relation = ">" if declared.upper else "<"
     batch = f" at batch size {c.check.split('=', 1)[1]}" if "@batch=" in c.check else ""
     metric = c.check.split(":", 1)[1] if ":" in c.check else None  # an external harness's metric
-    described = f"{metric} drop" if metric else _DESCRIBE[kind]
+    described = f"{metric} drop" if metric else declared.words
     shown = "not finite" if value is None or value != value else f"{value:.4f}"
     text = f"{where}{batch}: {described} {shown} {relation} tolerance {c.tolerance:g}"
     nonfinite = next((c.statistic[k] for k in _NONFINITE if c.statistic.get(k)), None)
     if nonfinite:
         return text + f" (non-finite outputs: {nonfinite:g}), n={c.n}"
-    if kind == "max_refusal_rate_delta" and c.statistic.get("judged") in ("rise", "drop"):
+    if declared.measured == "abs_delta" and c.statistic.get("judged") in ("rise", "drop"):
         text += (f" (refusal rate {c.baseline:.3f} -> {c.candidate:.3f}; only a {c.statistic['judged']} can be "
                  f"measured here)")
-    elif kind in _RATES or kind == "max_relative_drop":
-        text += f" ({metric or _RATES.get(kind, 'accuracy')} {c.baseline:.3f} -> {c.candidate:.3f}"
+    elif declared.rate is not None:
+        text += f" ({metric or declared.rate} {c.baseline:.3f} -> {c.candidate:.3f}"
         text += f", McNemar p={c.statistic['mcnemar_p']:.2g})" if "mcnemar_p" in c.statistic else ")"
-    elif kind == "min_token_agreement" and "first_divergence_p50" in c.statistic:
+    elif "first_divergence_p50" in c.statistic:
         text += (f" (outputs identical to the baseline: {c.statistic['identical_outputs']:.0%}, median first "
                  f"divergence at token {c.statistic['first_divergence_p50']:.0f})")
     elif "wilson_low" in c.statistic:
@@ -118,7 +106,7 @@ def explain_inconclusive(c: CheckResult) -> str:
     """One line: what could not be decided, why, and how many rows would decide it."""
     s = c.statistic
     where = _slice_label(c.dimension, c.value)
-    text = (f"{where}: {_DESCRIBE[check_kind(c.check)]} {s['estimate']:.4f}, {_bounds(c)}: the bounds straddle "
+    text = (f"{where}: {_words(c.check)} {s['estimate']:.4f}, {_bounds(c)}: the bounds straddle "
             f"tolerance {c.tolerance:g}")
     needed = s.get("rows_needed")
     text += f"; about {needed} rows would decide (n={c.n})" if needed else f"; the estimate sits on it (n={c.n})"
@@ -131,7 +119,7 @@ def detectable(c: CheckResult) -> str | None:
     if "detectable_beyond" not in s:
         return None
     relation = "above" if s["direction"] == "above" else "below"
-    return (f"with {c.n} rows, {_slice_label(c.dimension, c.value)} only shows {_DESCRIBE[check_kind(c.check)]} "
+    return (f"with {c.n} rows, {_slice_label(c.dimension, c.value)} only shows {_words(c.check)} "
             f"{relation} {s['detectable_beyond']:.3f} as beyond tolerance {c.tolerance:g}")
 
 
@@ -197,7 +185,7 @@ def human(report: ValidationReport, verbose: bool = True) -> str:
             sizes = ", ".join(map(str, spec.suite.batch_sizes or ()))
             out.append(f"    results that change with the batch size ({sizes}):")
             for s in moved[:5]:
-                out.append(f"      {_DESCRIBE[s['check']]} on {_slice_label(s['dimension'], s['value'])}: "
+                out.append(f"      {_words(s['check'])} on {_slice_label(s['dimension'], s['value'])}: "
                            f"{s['min']:.4f} .. {s['max']:.4f}")
         for c in [c for c in result.checks if c.verdict == INCONCLUSIVE][:8]:
             out.append(f"    INCONCLUSIVE {c.check}: {explain_inconclusive(c)}")

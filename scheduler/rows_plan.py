@@ -13,7 +13,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from runners.decision import PAIRED_CHECKS, RATE_CHECKS, plan_rows
+from runners import catalogue
+from runners.decision import plan_rows
 from scheduler.config import LoadedConfig
 from scheduler.config.schema import Suite
 
@@ -43,7 +44,7 @@ def slice_counts(loaded: LoadedConfig, suite: Suite) -> dict[tuple[str, str], in
 
 
 def _assumed_rate(check: str, discordance: float, accuracy: float | None) -> float | None:
-    if check == "min_accuracy":
+    if catalogue.get(check).needs_labels:  # a rate against the labels: the candidate's accuracy
         return accuracy
     return 1.0 - discordance  # agreement-type rates: a clean candidate agrees where it does not flip
 
@@ -62,7 +63,8 @@ def plan(loaded: LoadedConfig, discordance: float, accuracy: float | None,
         for scope, table in (("aggregate", suite.checks), ("slices", {**suite.checks, **(suite.slice_checks or {})})):
             tests = len(table) * (slices or 1)
             for check, limit in table.items():
-                kind = "paired" if check in PAIRED_CHECKS else "rate" if check in RATE_CHECKS else "magnitude"
+                bound = catalogue.get(check).bound
+                kind = bound if bound in ("paired", "rate") else "magnitude"
                 rate = _assumed_rate(check, discordance, accuracy) if kind == "rate" else None
                 alone = plan_rows(check, limit, suite.confidence, discordance, rate)
                 together = plan_rows(check, limit, suite.confidence, discordance, rate, tests)
@@ -92,7 +94,7 @@ def human(document: dict[str, Any]) -> str:
         for c in s["checks"]:
             if c["rows_alone"] is None:
                 why = ("a magnitude: its spread comes from a run (see rows_needed in `revalidator report`)"
-                       if c["kind"] == "magnitude" else "give --accuracy" if c["check"] == "min_accuracy"
+                       if c["kind"] == "magnitude" else "give --accuracy" if catalogue.get(c["check"]).needs_labels
                        else "the assumed rate is not within the tolerance")
                 lines.append(f"    {c['scope']:9} {c['check']:24} {c['tolerance']:<8g} cannot plan: {why}")
             else:

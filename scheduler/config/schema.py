@@ -7,24 +7,13 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from runners import catalogue
+
 # lm-eval: an external harness's results (task "external"); transformers: causal LLMs (task "generation").
 RUNNERS = ("onnxruntime", "torch", "tensorrt", "transformers", "lm-eval")
 # A custom backend given as "package.module:Class" (a runners.backends.base.Runner subclass).
 PLUGIN_RUNNER = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
-TASKS = ("classification", "generation", "external")
-CLASSIFICATION_CHECKS = ("max_drop", "max_relative_drop", "min_accuracy", "min_agreement",
-                         "max_mean_kl", "max_abs_diff", "max_mean_abs_diff", "min_cosine",
-                         # tensor-level, element by element (runners/tensor_checks.py)
-                         "min_within_tolerance", "max_median_abs_diff", "max_p99_abs_diff")
-GENERATION_CHECKS = ("max_refusal_rate_delta", "max_format_drop", "max_exact_match_drop", "min_token_agreement",
-                     "max_mean_step_kl", "min_step_top1_agreement")
-CHECK_NAMES = CLASSIFICATION_CHECKS + GENERATION_CHECKS
-CHECKS_BY_TASK = {"classification": CLASSIFICATION_CHECKS, "generation": GENERATION_CHECKS,
-                  "external": ("max_drop",)}
-# Checks whose limit is a proportion in [0, 1]; the others are non-negative magnitudes.
-PROPORTION_CHECKS = ("max_drop", "max_relative_drop", "min_accuracy", "min_agreement", "min_cosine",
-                     "max_refusal_rate_delta", "max_format_drop", "max_exact_match_drop", "min_token_agreement",
-                     "min_within_tolerance", "min_step_top1_agreement")
+TASKS = catalogue.TASKS
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 
 
@@ -163,7 +152,13 @@ class Model(Strict):
         return value
 
 
-Checks = dict[Literal[CHECK_NAMES], float]  # type: ignore[valid-type]
+def _check_name(name: str) -> str:
+    if name not in catalogue.names():
+        raise ValueError(f"unknown check {name!r} (use: {', '.join(catalogue.names())})")
+    return name
+
+
+Checks = dict[Annotated[str, AfterValidator(_check_name)], float]
 
 
 class Generation(Strict):
@@ -193,7 +188,7 @@ class Generation(Strict):
 
 
 class TensorTolerance(Strict):
-    """An output element passes when |candidate - baseline| <= atol + rtol * |baseline|."""
+    """An output element passes when |candidate - baseline| <= atol + rtol * |baseline| (the tensor family's rule)."""
 
     atol: float = Field(default=0.0, ge=0)
     rtol: float = Field(default=0.0, ge=0)
@@ -251,13 +246,14 @@ class Suite(Strict):
         if self.task != "generation" and self.generation is not None:
             raise ValueError(f"a 'generation' section only applies to task 'generation', not {self.task!r}")
         configured = {**self.checks, **(self.slice_checks or {})}
-        if "min_within_tolerance" in configured and self.tolerance is None:
-            raise ValueError("min_within_tolerance needs a 'tolerance' section: {atol: ..., rtol: ...}")
+        within = catalogue.MIN_WITHIN_TOLERANCE.name
+        if within in configured and self.tolerance is None:
+            raise ValueError(f"{within} needs a 'tolerance' section: {{atol: ..., rtol: ...}}")
         if self.batch_sizes is not None and self.task != "classification":
             raise ValueError("batch_sizes applies to task 'classification' (generation batches running prompts)")
         if self.batch_sizes is not None and len(set(self.batch_sizes)) != len(self.batch_sizes):
             raise ValueError(f"batch_sizes {self.batch_sizes} repeats a size")
-        allowed = CHECKS_BY_TASK[self.task]
+        allowed = catalogue.names(task=self.task)
         wrong = [c for c in {**self.checks, **(self.slice_checks or {})} if c not in allowed]
         if wrong:
             raise ValueError(f"checks {wrong} do not apply to task {self.task!r} (use: {', '.join(allowed)})")
@@ -267,8 +263,9 @@ class Suite(Strict):
     @classmethod
     def limits_in_range(cls, value: dict[str, float] | None) -> dict[str, float] | None:
         for name, limit in (value or {}).items():
-            if limit < 0 or (name in PROPORTION_CHECKS and limit > 1):
-                bound = "between 0 and 1" if name in PROPORTION_CHECKS else "non-negative"
+            proportion = name in catalogue.names() and catalogue.get(name).proportion
+            if limit < 0 or (proportion and limit > 1):
+                bound = "between 0 and 1" if proportion else "non-negative"
                 raise ValueError(f"{name}: tolerance {limit} must be {bound}")
         return value
 
