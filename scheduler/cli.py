@@ -191,6 +191,23 @@ def cmd_report(args: argparse.Namespace) -> int:
     return EXIT_PASS
 
 
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    """Re-run a recorded job; 0 when its rows are identical to the recorded ones (scheduler/reproduce.py)."""
+    from scheduler.ledger import Ledger
+    from scheduler.reproduce import ReproduceError, human, reproduce
+
+    loaded = _load(args, check_files=False)
+    ledger = Ledger(loaded.config.ledger, loaded.base_dir)
+    try:
+        code, doc = reproduce(loaded, ledger, args.run_id, args.target)
+    except ReproduceError as exc:
+        raise UsageError(str(exc)) from exc
+    finally:
+        ledger.close()
+    _print_json(doc) if args.json else print(human(doc))
+    return code
+
+
 def cmd_daemon(args: argparse.Namespace) -> int:
     from scheduler.daemon import run_daemon
     from scheduler.http import ListenError, parse_listen
@@ -313,6 +330,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--discordance", type=float, default=0.04,
                    help="share of rows a clean candidate answers differently from the baseline (default 0.04)")
     p.add_argument("--accuracy", type=float, help="the baseline's accuracy, for min_accuracy checks")
+    p.add_argument("--json", action="store_true")
+    p = add("reproduce", cmd_reproduce, "re-run a recorded run and compare its rows with the recorded ones")
+    p.add_argument("run_id")
+    p.add_argument("--target", help="run it on this target instead of the recorded one")
     p.add_argument("--json", action="store_true")
     add("report", cmd_report, "one run's checks and provenance from the ledger (JSON)").add_argument("run_id")
     return parser
