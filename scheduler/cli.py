@@ -208,6 +208,21 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    """One candidate across targets, and each target across its last stack change (scheduler/compare.py)."""
+    from scheduler import compare
+
+    loaded = _load(args, check_files=False)
+    targets = args.targets.split(",") if args.targets else None
+    unknown = [t for t in targets or () if t not in loaded.config.targets]
+    if unknown:
+        raise UsageError(f"--targets: {unknown} not in {args.config}")
+    doc = compare.compare(_ledger(args), loaded.config.metrics.max_cross_target_disagreement, args.model,
+                          args.candidate, targets)
+    _print_json(doc) if args.json else print(compare.human(doc))
+    return compare.exit_code(doc)
+
+
 def cmd_daemon(args: argparse.Namespace) -> int:
     from scheduler.daemon import run_daemon
     from scheduler.http import ListenError, parse_listen
@@ -334,6 +349,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("reproduce", cmd_reproduce, "re-run a recorded run and compare its rows with the recorded ones")
     p.add_argument("run_id")
     p.add_argument("--target", help="run it on this target instead of the recorded one")
+    p.add_argument("--json", action="store_true")
+    p = add("compare", cmd_compare, "one candidate across targets, and each target across its last stack change")
+    p.add_argument("--model")
+    p.add_argument("--candidate")
+    p.add_argument("--targets", help="comma-separated targets to compare (default: all)")
     p.add_argument("--json", action="store_true")
     add("report", cmd_report, "one run's checks and provenance from the ledger (JSON)").add_argument("run_id")
     return parser

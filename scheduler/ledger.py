@@ -485,6 +485,26 @@ class Ledger:
             text = conn.execute(sa.select(runs.c.spec).where(runs.c.run_id == run_id)).scalar()
         return job_spec_from_dict(json.loads(text)) if text else None
 
+    def finished_runs(self, model: str | None = None, candidate: str | None = None,
+                      target: str | None = None) -> list[dict[str, Any]]:
+        """Finished runs, oldest first, each with its aggregate checks and its provenance."""
+        query = (sa.select(runs.c.run_id, runs.c.target, runs.c.model, runs.c.candidate, runs.c.suite,
+                           runs.c.verdict, runs.c.finished_at, runs.c.fingerprint_hash, provenance.c.document)
+                 .join(provenance, provenance.c.run_id == runs.c.run_id).where(runs.c.status == FINISHED)
+                 .order_by(runs.c.finished_at))
+        for column, value in ((runs.c.model, model), (runs.c.candidate, candidate), (runs.c.target, target)):
+            if value is not None:
+                query = query.where(column == value)
+        with self.engine.connect() as conn:
+            out = [dict(r, provenance=json.loads(r["document"])) for r in conn.execute(query).mappings()]
+            for run in out:
+                del run["document"]
+                run["checks"] = [dict(r) for r in conn.execute(
+                    sa.select(results.c.check_name, results.c.dimension, results.c.value, results.c.n,
+                              results.c.baseline, results.c.candidate, results.c.delta, results.c.verdict)
+                    .where(results.c.run_id == run["run_id"])).mappings()]
+        return out
+
     def delete_run(self, run_id: str) -> bool:
         """Prune one run and everything recorded with it (results, provenance, row outputs)."""
         with self._write() as conn:
