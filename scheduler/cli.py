@@ -187,7 +187,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     matches = [r for r in ledger.history(limit=100_000) if r["run_id"].startswith(args.run_id)]
     if len(matches) != 1:
         raise UsageError(f"run id {args.run_id!r} matches {len(matches)} runs in the ledger")
-    _print_json(ledger.run(matches[0]["run_id"]))
+    run = ledger.run(matches[0]["run_id"])
+    if args.html:
+        from scheduler import report_html
+
+        bound = _load(args, check_files=False).config.metrics.max_cross_target_disagreement
+        try:
+            Path(args.html).write_text(report_html.render(run, report_html.context(ledger, run, bound)))
+        except OSError as exc:
+            raise UsageError(f"--html {args.html}: cannot write ({exc.strerror or exc})") from exc
+        print(f"report: {args.html}", file=sys.stderr)
+        return EXIT_PASS
+    _print_json(run)
     return EXIT_PASS
 
 
@@ -355,7 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--candidate")
     p.add_argument("--targets", help="comma-separated targets to compare (default: all)")
     p.add_argument("--json", action="store_true")
-    add("report", cmd_report, "one run's checks and provenance from the ledger (JSON)").add_argument("run_id")
+    p = add("report", cmd_report, "one run's checks and provenance from the ledger (JSON, or an HTML audit report)")
+    p.add_argument("run_id")
+    p.add_argument("--html", metavar="FILE", help="write a self-contained HTML audit report to FILE")
     return parser
 
 
