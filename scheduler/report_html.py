@@ -1,9 +1,9 @@
 """`revalidator report RUN_ID --html FILE`: one run as a self-contained HTML audit report.
 
 No network and no external file: styles inline, charts as plain inline SVG (intervals, drift curves), the
-run's JSON embedded in a <script type="application/json">. Sections: the verdict and why, the per-slice
-table with each interval drawn, the drift curves (generation), the batch-size spread, the cross-target view,
-the provenance, and the fingerprint with its difference from the last passing run.
+run's JSON embedded in a <script type="application/json">. Sections: the verdict and why, the cross-target
+view, the fingerprint with its difference from the last passing run, the per-slice table with each interval
+drawn, the drift curves (generation), the batch-size spread, and the provenance.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ h1{font-size:1.4em}h2{font-size:1.15em;margin-top:2em;border-bottom:1px solid #c
 table{border-collapse:collapse;font-size:.9em}td,th{padding:.2em .6em;border-bottom:1px solid #eee;text-align:right}
 th{background:#f4f4f4}td.l,th.l{text-align:left}.pass{color:#17702a}.fail{color:#b00020;font-weight:bold}
 .insufficient,.error{color:#a35a00}.verdict{font-size:1.2em;padding:.4em .8em;display:inline-block;border:2px solid}
-pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:.8em}code{font-size:.9em}
+pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:.8em;white-space:pre-wrap}code{font-size:.9em}
 """
 
 
@@ -171,11 +171,11 @@ def render(run: dict[str, Any], extra: dict[str, Any]) -> str:
 <p>run <code>{escape(run['run_id'])}</code>, trigger {escape(str(run.get('trigger')))}, finished
 {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(run.get('finished_at') or 0))}</p>
 <h2>Verdict</h2><p id="verdict" class="verdict {escape(str(verdict))}">{escape(str(verdict).upper())}</p>{_why(run)}
+<h2>Across targets</h2>{_cross_target(extra['cross_target'])}
+<h2>Fingerprint</h2>{_fingerprint(prov.get('fingerprint') or {}, extra['last_pass'])}
 <h2>Per slice</h2>{_slice_table(run.get('checks') or [])}
 <h2>Drift curves</h2><div id="drift">{curves}</div>
 <h2>Batch-size spread</h2>{_batch_spread(prov.get('batch_spread'))}
-<h2>Across targets</h2>{_cross_target(extra['cross_target'])}
-<h2>Fingerprint</h2>{_fingerprint(prov.get('fingerprint') or {}, extra['last_pass'])}
 <h2>Provenance</h2><pre id="provenance">{escape(json.dumps(shown, indent=2, default=str))}</pre>
 <script type="application/json" id="run-json">{embedded}</script>
 </body></html>

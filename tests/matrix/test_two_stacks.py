@@ -159,6 +159,14 @@ def test_one_int8_file_on_two_onnxruntime_releases(tmp_path: Path, demo_dir: Pat
         assert changed_components(isa_pair) >= {"onnxruntime", "cpu_isa"}
         assert done.returncode == (1 if not isa_pair["within_bound"] else 0)
 
+        # the audit report of the diverging run shows the same cross-target view
+        page = tmp_path / "int8-isa.html"
+        isa_run = next(r for r in runs if (r["target"], r["candidate"]) == ("new", "int8-isa"))
+        assert cli("report", isa_run["run_id"], "-c", str(path), "--html", str(page)).returncode == 0
+        html = page.read_text()
+        assert "<h3>new vs old</h3>" in html and f"<td class=\"l\">{ORT_OLD}</td>" in html
+        assert f"candidate: {rows['differ']} of 1482 rows differ between new and old" in html
+
         human = cli("compare", "-c", str(path))
         assert "the two targets agree on every row (1482 rows, bit-identical outputs)" in human.stdout
         assert f"onnxruntime  new: {ORT_NEW}   old: {ORT_OLD}" in human.stdout
