@@ -9,6 +9,7 @@ import os
 import secrets
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ import pytest
 from tests.conftest import REPO
 from tests.envs import ORT_NEW, ORT_OLD, layered_env, version_in
 from tests.helm.test_ray_processes import own_ports
-from tests.scheduler.daemon_support import free_port, wait_for
+from tests.scheduler.daemon_support import DaemonProcess, free_port, wait_for
 
 pytestmark = pytest.mark.ray
 
@@ -45,6 +46,7 @@ def config(tmp: Path, demo: Path, address: str, isa: dict[str, Path]) -> Path:
 ledger: sqlite:///{tmp / 'ledger.db'}
 ray: {{address: "{address}", job_timeout_seconds: 300, unschedulable_after_seconds: 120, max_attempts: 2}}
 metrics: {{max_cross_target_disagreement: 0.0}}
+daemon: {{listen: "127.0.0.1:{free_port()}", log_format: json, drain_seconds: 3}}
 targets:
 {targets}models:
   digits-mlp:
@@ -171,6 +173,22 @@ def test_one_int8_file_on_two_onnxruntime_releases(tmp_path: Path, demo_dir: Pat
         assert "the two targets agree on every row (1482 rows, bit-identical outputs)" in human.stdout
         assert f"onnxruntime  new: {ORT_NEW}   old: {ORT_OLD}" in human.stdout
         assert f"candidate: {rows['differ']} of 1482 rows differ between new and old" in human.stdout
+
+        # the daemon serves the same document at /compare, and the agreement series on /metrics
+        daemon = DaemonProcess(path, ray_address="")
+        try:
+            daemon.wait_ready(timeout=120)
+            status, served = daemon.get("/compare?model=digits-mlp")
+            assert status == 200
+            assert {(p["candidate"], p["identical"]) for p in served["cross_target"]} == {("int8", True),
+                                                                                        ("int8-isa", False)}
+            with urllib.request.urlopen(f"http://{daemon.listen}/metrics", timeout=10) as answer:
+                metrics = answer.read().decode()
+            assert ('revalidator_cross_target_agreement_ratio{candidate="int8-isa",model="digits-mlp",'
+                    'other_target="old",target="new"} 1.0') in metrics
+            assert daemon.terminate(timeout=60)[0] == 0
+        finally:
+            daemon.close()
     finally:
         for node in reversed(nodes):
             node.terminate()
