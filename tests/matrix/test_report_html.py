@@ -99,8 +99,20 @@ def test_report_is_self_contained_with_every_section(reports: dict[str, Path]) -
     assert "polyline" in reports["charlm-cpu-a"].read_text()  # the drift curves
 
 
+def console(stderr: str) -> list[str]:
+    """The page's console messages and uncaught errors, as Chromium logs them with --enable-logging=stderr."""
+    return [line for line in stderr.splitlines() if ":CONSOLE" in line or "Uncaught" in line]
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
 def test_report_in_headless_chromium(reports: dict[str, Path], tmp_path: Path) -> None:
+    # the console check sees an error where there is one
+    broken = tmp_path / "broken.html"
+    broken.write_text("<html><body><script>no_such_function();</script></body></html>")
+    done = subprocess.run([CHROMIUM, "--headless", "--disable-gpu", "--no-sandbox", "--enable-logging=stderr",
+                           "--v=0", f"--user-data-dir={tmp_path / 'profile-broken'}", "--dump-dom", broken.as_uri()],
+                          capture_output=True, text=True, timeout=180)
+    assert any("no_such_function" in line for line in console(done.stderr)), done.stderr[-2000:]
     for name, page in reports.items():
         shot = tmp_path / f"{name}.png"
         profile = tmp_path / f"profile-{name}"
@@ -110,13 +122,12 @@ def test_report_in_headless_chromium(reports: dict[str, Path], tmp_path: Path) -
                               capture_output=True, text=True, timeout=180)
         assert done.returncode == 0 and shot.stat().st_size > 10_000, done.stderr[-2000:]
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        console = [line for line in done.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
-        assert console == [], console
+        assert console(done.stderr) == []
         dom = subprocess.run([CHROMIUM, "--headless", "--disable-gpu", "--no-sandbox", "--enable-logging=stderr",
                               "--v=0", f"--user-data-dir={profile}", "--dump-dom", page.as_uri()],
                              capture_output=True, text=True, timeout=180)
         assert dom.returncode == 0, dom.stderr[-2000:]
-        assert [line for line in dom.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line] == []
+        assert console(dom.stderr) == []
         tree = dom.stdout
         assert re.search(r'<p id="verdict" class="verdict (pass|fail)">(PASS|FAIL)</p>', tree)
         assert '<table id="slices">' in tree and 'id="fingerprint"' in tree and 'id="run-json"' in tree
