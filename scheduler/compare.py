@@ -132,14 +132,15 @@ def stack_changes(runs: list[dict[str, Any]], fingerprints: dict[str, dict[str, 
     for run in runs:
         series.setdefault((run["target"], run["model"], run["candidate"], run["suite"]), []).append(run)
     out = []
-    for (target, model, candidate, suite), history in sorted(series.items()):
-        last_pass = None
-        for run in history:
+    for history in (series[key] for key in sorted(series)):
+        latest, last_pass = None, None
+        for run in history:  # the latest pass-then-fail transition wins
             if run["verdict"] == "pass":
                 last_pass = run
             elif run["verdict"] == "fail" and last_pass is not None:
-                out.append(stack_change(last_pass, run, fingerprints))
-                break
+                latest, last_pass = (last_pass, run), None
+        if latest is not None:
+            out.append(stack_change(*latest, fingerprints))
     return out
 
 

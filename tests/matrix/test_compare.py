@@ -143,10 +143,18 @@ def test_stack_change_difference_in_differences(tmp_path: Path, demo_dir: Path) 
     # "quant": the baseline holds, the candidate regresses on the faint slice; two components changed.
     passed = run("quant", "pass", (0.95, 0.94), (0.90, 0.89), fingerprint())
     failed = run("quant", "fail", (0.95, 0.90), (0.90, 0.70), fingerprint(onnxruntime="1.32.0", kernel="6.9.1"))
+    # pass, fail, pass, fail: the latest transition is the one reported
+    run("again", "pass", (0.95, 0.94), (0.90, 0.89), fingerprint())
+    run("again", "fail", (0.95, 0.90), (0.90, 0.85), fingerprint(kernel="6.9.1"))
+    again = run("again", "pass", (0.95, 0.94), (0.90, 0.89), fingerprint())
+    again_fail = run("again", "fail", (0.90, 0.89), (0.85, 0.84), fingerprint(onnxruntime="1.32.0"))
+    run("again", "fail", (0.90, 0.80), (0.85, 0.70), fingerprint(onnxruntime="1.32.0"))
     # another target runs the passing stack with only the new onnxruntime: it isolates that change
     ledger.record_fingerprint("probe-ort", {**fingerprint(onnxruntime="1.32.0"), "probes": {}})
     doc = compare.compare(ledger, 0.01)
     changes = {c["target"]: c for c in doc["stack_changes"]}
+    assert (changes["again"]["last_pass"], changes["again"]["first_fail"]) == (again, again_fail)
+    assert [d["component"] for d in changes["again"]["changed"]] == ["onnxruntime"]
     assert changes["equal"]["reading"] == "the stack moved both models equally"
     assert changes["equal"]["aggregate"]["diff_in_diff"] == pytest.approx(0.0)
     assert [d["component"] for d in changes["equal"]["changed"]] == ["onnxruntime"]

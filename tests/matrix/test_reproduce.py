@@ -67,3 +67,15 @@ def test_reproduce_of_an_unknown_run_is_bad_input(validated, capsys) -> None:
     config, _, _ = validated
     code, _, err = cli(capsys, "reproduce", "zzzz", "-c", str(config))
     assert code == 2 and "matches 0 runs" in err
+
+
+def test_reproduce_on_another_target(validated, capsys) -> None:
+    config, _, run = validated
+    text = config.read_text()
+    config.write_text(text.replace("targets:\n", "targets:\n  second-cpu:\n    runners: [onnxruntime]\n", 1))
+    code, out, err = cli(capsys, "reproduce", run["run_id"], "--target", "second-cpu", "-c", str(config), "--json")
+    doc = json.loads(out)
+    assert code == 0, err
+    assert (doc["target"], doc["recorded_target"]) == ("second-cpu", "local-cpu") and doc["identical"]
+    code, _, err = cli(capsys, "reproduce", run["run_id"], "--target", "nowhere", "-c", str(config))
+    assert code == 2 and "--target 'nowhere': no such target" in err
