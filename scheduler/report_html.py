@@ -17,14 +17,14 @@ from runners.contracts import CheckResult
 from scheduler import compare, rowdiff
 from scheduler.ledger import Ledger
 from scheduler.plots import drift_svg
-from scheduler.report import explain_failure
+from scheduler.report import explain_failure, explain_inconclusive
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1200px}
 h1{font-size:1.4em}h2{font-size:1.15em;margin-top:2em;border-bottom:1px solid #ccc}
 table{border-collapse:collapse;font-size:.9em}td,th{padding:.2em .6em;border-bottom:1px solid #eee;text-align:right}
 th{background:#f4f4f4}td.l,th.l{text-align:left}.pass{color:#17702a}.fail{color:#b00020;font-weight:bold}
-.insufficient,.error{color:#a35a00}.verdict{font-size:1.2em;padding:.4em .8em;display:inline-block;border:2px solid}
+.insufficient,.error,.inconclusive{color:#a35a00}.verdict{font-size:1.2em;padding:.4em .8em;display:inline-block;border:2px solid}
 pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:.8em;white-space:pre-wrap}code{font-size:.9em}
 """
 
@@ -87,10 +87,11 @@ def _slice_table(checks: list[dict[str, Any]]) -> str:
 def _why(run: dict[str, Any]) -> str:
     if run.get("error"):
         return f'<p id="why">The run ended in an error: <code>{escape(run["error"].strip().splitlines()[0])}</code></p>'
-    failed = [explain_failure(_check(c)) for c in run["checks"] if c["verdict"] == "fail"]
+    items = [f"<li>FAILED {escape(c['check_name'])}: {escape(explain_failure(_check(c)))}</li>"
+             for c in run["checks"] if c["verdict"] == "fail"]
+    items += [f"<li>INCONCLUSIVE {escape(c['check_name'])}: {escape(explain_inconclusive(_check(c)))}</li>"
+              for c in run["checks"] if c["verdict"] == "inconclusive"]
     thin = [f"{c['dimension']}={c['value']}" for c in run["checks"] if c["verdict"] == "insufficient"]
-    items = [f"<li>FAILED {escape(c['check_name'])}: {escape(text)}</li>"
-             for c, text in zip([c for c in run["checks"] if c["verdict"] == "fail"], failed)]
     if thin:
         items.append(f"<li>too few rows to judge (insufficient): {escape(', '.join(sorted(set(thin))))}</li>")
     if not items:

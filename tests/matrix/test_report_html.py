@@ -54,6 +54,7 @@ suites:
     slices: [digit, scan]
     min_slice_size: 50
     batch_sizes: [1, 1024]
+    decision: {{policy: release}}
     checks: {{max_drop: 0.03, min_agreement: 0.95}}
     slice_checks: {{max_drop: 0.08, min_agreement: 0.90}}
   chat:
@@ -97,6 +98,9 @@ def test_report_is_self_contained_with_every_section(reports: dict[str, Path]) -
     assert page.count('class="interval"') >= len([c for c in document["run"]["checks"]
                                                   if c["check_name"].startswith("min_agreement")])
     assert "polyline" in reports["charlm-cpu-a"].read_text()  # the drift curves
+    # under the release policy, checks whose bound straddles the tolerance are listed as inconclusive
+    inconclusive = [c for c in document["run"]["checks"] if c["verdict"] == "inconclusive"]
+    assert page.count("<li>INCONCLUSIVE ") == len(inconclusive)
 
 
 def console(stderr: str) -> list[str]:
@@ -129,7 +133,7 @@ def test_report_in_headless_chromium(reports: dict[str, Path], tmp_path: Path) -
         assert dom.returncode == 0, dom.stderr[-2000:]
         assert console(dom.stderr) == []
         tree = dom.stdout
-        assert re.search(r'<p id="verdict" class="verdict (pass|fail)">(PASS|FAIL)</p>', tree)
+        assert re.search(r'<p id="verdict" class="verdict (pass|fail|inconclusive)">(PASS|FAIL|INCONCLUSIVE)</p>', tree)
         assert '<table id="slices">' in tree and 'id="fingerprint"' in tree and 'id="run-json"' in tree
         if name.startswith("digits"):
             assert '<svg class="interval"' in tree and '<table id="batch-spread">' in tree
