@@ -137,6 +137,8 @@ class JobResult:
     started_at: float = 0.0
     finished_at: float = 0.0
     version: int = CONTRACT_VERSION
+    # Row-level outputs (runners/rowoutputs.py): one compressed blob, empty where none were kept.
+    row_outputs: bytes = b""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -24,6 +24,7 @@ from runners.external import compare, results_for
 from runners.generative import LM_RUNNERS, GenerationSettings, generate, judge_generations, load_inputs
 from runners.hashing import artifact_digests, sha256_path
 from runners.metrics import RowMetrics, SliceIndex, row_metrics, slice_members, slice_stats
+from runners import rowoutputs
 from runners.probes import probe_stack
 from runners.tensor_checks import judge_tensor, tensor_stats
 
@@ -88,12 +89,13 @@ def _row_magnitudes(rows: RowMetrics, index: SliceIndex):
 
 
 def run_at_batch_sizes(spec: JobSpec, data: EvalData, provenance: dict[str, Any] | None = None,
-                       ) -> tuple[list[CheckResult], list[dict[str, Any]]]:
+                       kept: dict[str, Any] | None = None) -> tuple[list[CheckResult], list[dict[str, Any]]]:
     """The candidate at every production batch size against one baseline run; every check is
     judged at each size (named "check@batch=N"), and the spread across sizes is reported.
 
     Dynamic quantization picks activation scales per batch, so the same rows can get different
-    predictions at different batch sizes; the fp32 baseline is the batch-independent reference."""
+    predictions at different batch sizes; the fp32 baseline is the batch-independent reference.
+    `kept`, where given, receives the outputs at the first size (the run's row outputs)."""
     options = spec.runner_options.get
     runtime = {role: provenance[role].setdefault("runtime", {}) if provenance else None
                for role in ("baseline", "candidate")}
@@ -105,6 +107,8 @@ def run_at_batch_sizes(spec: JobSpec, data: EvalData, provenance: dict[str, Any]
         candidate = run_model(spec.candidate_artifact, options(spec.candidate_artifact.runner, {}), data, size,
                               runtime["candidate"])
         check_same_shape(spec, baseline, candidate)
+        if kept is not None and not kept:
+            kept.update(outputs=(baseline, candidate), candidate_batch_size=size)
         for check in judge_outputs(baseline, candidate, data, spec.suite):
             measured.setdefault((check.check, check.dimension, check.value), []).append(check.candidate)
             check.check = f"{check.check}@batch={size}"
@@ -128,6 +132,9 @@ def run_generation(spec: JobSpec, provenance: dict[str, Any]) -> tuple[list[Chec
     inputs = load_inputs(spec.suite, settings)
     generations = [generate(a, spec.runner_options.get(a.runner, {}), inputs, settings, spec.batch_size)
                    for a in (spec.baseline, spec.candidate_artifact)]
+    provenance["_rows"] = rowoutputs.generation(generations[0].tokens, generations[0].lengths,
+                                                generations[1].tokens, generations[1].lengths,
+                                                {d: inputs.prompts.column(d) for d in spec.suite.slices})
     return judge_generations(*generations, inputs, spec.suite, settings)
 
 
@@ -181,14 +188,17 @@ def run_job(spec: JobSpec) -> JobResult:
         result.provenance = provenance(spec, fingerprint)
         if spec.suite.task == "generation":
             result.checks, result.provenance["drift"] = run_generation(spec, result.provenance)
+            result.row_outputs = result.provenance.pop("_rows", b"")
         elif spec.suite.task == "external":
             settings = spec.suite.external or {}
             scores = [results_for(a, settings) for a in (spec.baseline, spec.candidate_artifact)]
             result.checks = compare(*scores, spec.suite, tuple(settings.get("metrics") or ()) or None)
         else:
             data = load_eval_data(spec.suite.data, spec.suite.slices, spec.suite.max_slice_values)
+            kept: dict[str, Any] = {}
             if spec.suite.batch_sizes:
-                result.checks, result.provenance["batch_spread"] = run_at_batch_sizes(spec, data, result.provenance)
+                result.checks, result.provenance["batch_spread"] = run_at_batch_sizes(spec, data, result.provenance,
+                                                                                      kept)
             else:
                 outputs = [run_model(a, spec.runner_options.get(a.runner, {}), data, spec.batch_size,
                                      result.provenance[role].setdefault("runtime", {}))
@@ -196,6 +206,9 @@ def run_job(spec: JobSpec) -> JobResult:
                 # (one after the other: each gets every core)
                 check_same_shape(spec, *outputs)
                 result.checks = judge_outputs(*outputs, data, spec.suite)
+                kept["outputs"] = outputs
+            result.row_outputs = rowoutputs.classification(*kept["outputs"], data.slices, **{
+                k: v for k, v in kept.items() if k != "outputs"})
         decide_run(result.checks, spec.suite)
         result.verdict = candidate_verdict(result.checks, spec.suite)
         result.status = "finished"

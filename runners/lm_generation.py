@@ -10,6 +10,7 @@ from collections import OrderedDict
 from typing import Any
 
 from runners.backends.base import ArtifactError
+from runners import rowoutputs
 from runners.backends.recipes import recipe_record
 from runners.behaviour import ForcedSteps, drift
 from runners.contracts import CheckResult, JobSpec
@@ -91,6 +92,8 @@ def run_lm_generation(spec: JobSpec, settings: GenerationSettings,
     extra: dict[str, Any] = {"prompt_tokens": int(sum(len(i) for i in ids)),
                              "generated_tokens": [int(g.lengths.sum()) for g in generations],
                              "baseline_outputs": {"generated_by_job": source, "reused": source != spec.job_id}}
+    extra["_rows"] = rowoutputs.generation(generations[0].tokens, generations[0].lengths, generations[1].tokens,
+                                           generations[1].lengths, {d: prompts.column(d) for d in spec.suite.slices})
     if spec.candidate_artifact.quantization.get("recipe"):
         extra["recipe"] = recipe_record(spec.candidate_artifact.quantization["recipe"])
     return checks, curves, extra

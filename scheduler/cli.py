@@ -187,8 +187,51 @@ def cmd_report(args: argparse.Namespace) -> int:
     matches = [r for r in ledger.history(limit=100_000) if r["run_id"].startswith(args.run_id)]
     if len(matches) != 1:
         raise UsageError(f"run id {args.run_id!r} matches {len(matches)} runs in the ledger")
-    _print_json(ledger.run(matches[0]["run_id"]))
+    run = ledger.run(matches[0]["run_id"])
+    if args.html:
+        from scheduler import report_html
+
+        bound = _load(args, check_files=False).config.metrics.max_cross_target_disagreement
+        try:
+            Path(args.html).write_text(report_html.render(run, report_html.context(ledger, run, bound)))
+        except OSError as exc:
+            raise UsageError(f"--html {args.html}: cannot write ({exc.strerror or exc})") from exc
+        print(f"report: {args.html}", file=sys.stderr)
+        return EXIT_PASS
+    _print_json(run)
     return EXIT_PASS
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    """Re-run a recorded job; 0 when its rows are identical to the recorded ones (scheduler/reproduce.py)."""
+    from scheduler.ledger import Ledger
+    from scheduler.reproduce import ReproduceError, human, reproduce
+
+    loaded = _load(args, check_files=False)
+    ledger = Ledger(loaded.config.ledger, loaded.base_dir)
+    try:
+        code, doc = reproduce(loaded, ledger, args.run_id, args.target)
+    except ReproduceError as exc:
+        raise UsageError(str(exc)) from exc
+    finally:
+        ledger.close()
+    _print_json(doc) if args.json else print(human(doc))
+    return code
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """One candidate across targets, and each target across its last stack change (scheduler/compare.py)."""
+    from scheduler import compare
+
+    loaded = _load(args, check_files=False)
+    targets = args.targets.split(",") if args.targets else None
+    unknown = [t for t in targets or () if t not in loaded.config.targets]
+    if unknown:
+        raise UsageError(f"--targets: {unknown} not in {args.config}")
+    doc = compare.compare(_ledger(args), loaded.config.metrics.max_cross_target_disagreement, args.model,
+                          args.candidate, targets)
+    _print_json(doc) if args.json else print(compare.human(doc))
+    return compare.exit_code(doc)
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
@@ -314,7 +357,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of rows a clean candidate answers differently from the baseline (default 0.04)")
     p.add_argument("--accuracy", type=float, help="the baseline's accuracy, for min_accuracy checks")
     p.add_argument("--json", action="store_true")
-    add("report", cmd_report, "one run's checks and provenance from the ledger (JSON)").add_argument("run_id")
+    p = add("reproduce", cmd_reproduce, "re-run a recorded run and compare its rows with the recorded ones")
+    p.add_argument("run_id")
+    p.add_argument("--target", help="run it on this target instead of the recorded one")
+    p.add_argument("--json", action="store_true")
+    p = add("compare", cmd_compare, "one candidate across targets, and each target across its last stack change")
+    p.add_argument("--model")
+    p.add_argument("--candidate")
+    p.add_argument("--targets", help="comma-separated targets to compare (default: all)")
+    p.add_argument("--json", action="store_true")
+    p = add("report", cmd_report, "one run's checks and provenance from the ledger (JSON, or an HTML audit report)")
+    p.add_argument("run_id")
+    p.add_argument("--html", metavar="FILE", help="write a self-contained HTML audit report to FILE")
     return parser
 
 

@@ -34,6 +34,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from scheduler.events import ConfigChanged, Event, Manual, Scheduled, StackChanged
 from scheduler.exporter import Exporter, Snapshot, compute_gates
 from scheduler.gates import CurrentKeys, current_keys, gates_document
+from scheduler import compare
 from scheduler.http import HttpServer, Response, Route, json_response
 from scheduler.ledger import Ledger, LedgerError
 from scheduler.planning import Planner
@@ -297,7 +298,9 @@ class Daemon:
     def routes(self) -> dict[tuple[str, str], Route]:
         return {("GET", "/healthz"): self._healthz, ("GET", "/readyz"): self._readyz,
                 ("POST", "/sweep"): self._sweep, ("GET", "/status"): self._status,
-                ("GET", "/metrics"): self._metrics, ("GET", "/gates"): self._gates}
+                ("GET", "/metrics"): self._metrics, ("GET", "/gates"): self._gates,
+                ("GET", "/compare"): compare.route(self.ledger,
+                                                   lambda: self.loaded.config.metrics.max_cross_target_disagreement)}
 
     def _metrics(self, query: dict[str, str]) -> Response:
         return 200, CONTENT_TYPE_LATEST, self.exporter.render()

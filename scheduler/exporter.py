@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from scheduler import __version__
+from scheduler.compare import AgreementCache
 from scheduler.config import LoadedConfig
 from scheduler.gates import GATE_STATES, CurrentKeys, Gate, current_runs, decide
 from scheduler.ledger import Ledger
@@ -67,6 +68,7 @@ class LedgerCollector:
         # (by_key, by_tuple) already read for this scrape by the Exporter; None: read it here
         self.prefetched: tuple[dict, dict] | None = None
         self.read_errors = 0  # failed ledger reads during scrapes
+        self.agreement = AgreementCache()
 
     def collect(self) -> Iterator[Metric]:
         snap = self.snapshot()
@@ -88,6 +90,26 @@ class LedgerCollector:
         yield from self._targets(snap)
         yield from self._jobs()
         yield from self._missed(snap)
+        yield from self._cross_target(snap, by_tuple)
+
+    def _cross_target(self, snap: Snapshot, by_tuple: dict) -> Iterator[Metric]:
+        labels = ["model", "candidate", "target", "other_target"]
+        agreement = GaugeMetricFamily("revalidator_cross_target_agreement_ratio",
+                                      "Share of rows on which the same candidate file gives the same answer on two "
+                                      "targets (their current runs).", labels=labels)
+        differing = GaugeMetricFamily("revalidator_cross_target_rows_differing",
+                                      "Rows whose candidate outputs are not bit-identical between the two targets.",
+                                      labels=labels)
+        configured = snap.loaded.config.targets
+        for model, candidate, target, other, ratio, rows in self.agreement.series(self.ledger, by_tuple):
+            if target in configured and other in configured:
+                agreement.add_metric([model, candidate, target, other], ratio)
+                differing.add_metric([model, candidate, target, other], rows)
+        bound = GaugeMetricFamily("revalidator_cross_target_disagreement_bound",
+                                  "The configured share of rows two targets may answer differently "
+                                  "(metrics.max_cross_target_disagreement).",
+                                  value=snap.loaded.config.metrics.max_cross_target_disagreement)
+        yield from (agreement, differing, bound)
 
     @staticmethod
     def _gates(gates: list[Gate]) -> Iterator[Metric]:

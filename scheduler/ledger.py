@@ -82,6 +82,11 @@ provenance = sa.Table(
     sa.Column("document", sa.Text, nullable=False),
 )
 
+row_outputs = sa.Table(
+    "row_outputs", metadata,  # v4: per run, its row-level outputs as one compressed blob (runners/rowoutputs.py)
+    sa.Column("run_id", sa.String(36), sa.ForeignKey("runs.run_id"), primary_key=True),
+    sa.Column("blob", sa.LargeBinary, nullable=False),
+)
 
 fingerprints = sa.Table(
     "fingerprints", metadata,
@@ -147,8 +152,13 @@ def _v3(conn: Connection) -> None:
     conn.execute(sa.text("ALTER TABLE runs ADD COLUMN retries INTEGER NOT NULL DEFAULT 0"))
 
 
+def _v4(conn: Connection) -> None:
+    """Row-level outputs per run, so that runs are compared row by row without a re-run."""
+    metadata.create_all(conn, tables=[row_outputs])
+
+
 # Ordered migrations; the index + 1 is the schema version each one produces. Append only.
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3]
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -280,6 +290,8 @@ class Ledger:
                     "verdict": c.verdict, "statistic": json.dumps(c.statistic)} for c in result.checks])
             if result.provenance:
                 conn.execute(provenance.insert().values(run_id=run_id, document=json.dumps(result.provenance)))
+            if getattr(result, "row_outputs", b""):  # a result from an older worker has none
+                conn.execute(row_outputs.insert().values(run_id=run_id, blob=result.row_outputs))
         return True
 
     # -- state for the exporter and the gates ----------------------------------------------------
@@ -461,6 +473,44 @@ class Ledger:
             doc = conn.execute(sa.select(provenance.c.document).where(provenance.c.run_id == run_id)).scalar()
             out["provenance"] = json.loads(doc) if doc else {}
             return out
+
+    def row_outputs(self, run_id: str) -> bytes | None:
+        """The run's row-level outputs blob; None where the run kept none."""
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(row_outputs.c.blob).where(row_outputs.c.run_id == run_id)).scalar()
+
+    def spec(self, run_id: str) -> JobSpec | None:
+        """The JobSpec the run was dispatched with; None for a run recorded without one."""
+        with self.engine.connect() as conn:
+            text = conn.execute(sa.select(runs.c.spec).where(runs.c.run_id == run_id)).scalar()
+        return job_spec_from_dict(json.loads(text)) if text else None
+
+    def finished_runs(self, model: str | None = None, candidate: str | None = None,
+                      target: str | None = None) -> list[dict[str, Any]]:
+        """Finished runs, oldest first, each with its aggregate checks and its provenance."""
+        query = (sa.select(runs.c.run_id, runs.c.target, runs.c.model, runs.c.candidate, runs.c.suite,
+                           runs.c.verdict, runs.c.finished_at, runs.c.fingerprint_hash, provenance.c.document)
+                 .join(provenance, provenance.c.run_id == runs.c.run_id).where(runs.c.status == FINISHED)
+                 .order_by(runs.c.finished_at))
+        for column, value in ((runs.c.model, model), (runs.c.candidate, candidate), (runs.c.target, target)):
+            if value is not None:
+                query = query.where(column == value)
+        with self.engine.connect() as conn:
+            out = [dict(r, provenance=json.loads(r["document"])) for r in conn.execute(query).mappings()]
+            for run in out:
+                del run["document"]
+                run["checks"] = [dict(r) for r in conn.execute(
+                    sa.select(results.c.check_name, results.c.dimension, results.c.value, results.c.n,
+                              results.c.baseline, results.c.candidate, results.c.delta, results.c.verdict)
+                    .where(results.c.run_id == run["run_id"])).mappings()]
+        return out
+
+    def delete_run(self, run_id: str) -> bool:
+        """Prune one run and everything recorded with it (results, provenance, row outputs)."""
+        with self._write() as conn:
+            for table in (row_outputs, results, provenance):
+                conn.execute(table.delete().where(table.c.run_id == run_id))
+            return conn.execute(runs.delete().where(runs.c.run_id == run_id)).rowcount == 1
 
     def history(self, limit: int = 50, model: str | None = None, target: str | None = None) -> list[dict[str, Any]]:
         query = sa.select(*[c for c in runs.c if c.name != "spec"]).order_by(runs.c.created_at.desc()).limit(limit)

@@ -67,3 +67,35 @@ class SlowOnnxRunner(Runner):
 
     def _release(self) -> None:
         self._inner.deactivate()
+
+
+class IsaOnnxRunner(Runner):
+    """onnxruntime on a CPU that lacks the integer dot-product kernels, which this machine cannot be.
+
+    Stands in for the AVX2-only host of a VNNI/AVX2 pair: where the node's $REVALIDATOR_TEST_CPU_ISA_FILE
+    (the same file the target's `cpu_isa` probe reads) says "avx2", the graph runs unfused (QDQ as
+    DequantizeLinear, fp32 MatMul, QuantizeLinear) instead of the fused integer kernels: real onnxruntime
+    outputs of another code path, as another instruction set gives."""
+
+    name = "isa-onnxruntime"
+
+    def _load(self) -> None:
+        import onnxruntime as ort
+
+        isa_file = os.environ.get("REVALIDATOR_TEST_CPU_ISA_FILE")
+        isa = open(isa_file).read().strip() if isa_file else ""
+        so = ort.SessionOptions()
+        if isa == "avx2":
+            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        so.intra_op_num_threads = 1
+        so.log_severity_level = 3
+        self._session = ort.InferenceSession(str(self.path), sess_options=so, providers=["CPUExecutionProvider"])
+
+    def _input_names(self) -> list[str]:
+        return [i.name for i in self._session.get_inputs()]
+
+    def _infer(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        return self._session.run(None, batch)[0]
+
+    def _release(self) -> None:
+        del self._session

@@ -301,6 +301,8 @@ class Tls(Strict):
 class MetricsSettings(Strict):
     # Per run, at most this many slice values are exported (the aggregate and failing ones first).
     max_slices_per_run: int = Field(default=64, ge=1, le=10_000)
+    # The share of rows on which one candidate file may answer differently on two targets before it alerts.
+    max_cross_target_disagreement: float = Field(default=0.01, ge=0, le=1)
 
 
 class DaemonSettings(Strict):

@@ -9,8 +9,10 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from runners import rowoutputs
 from runners.contracts import CheckResult, JobResult
 from scheduler.exporter import Exporter, Snapshot, compute_gates
 from scheduler.gates import current_keys
@@ -31,8 +33,13 @@ def result(spec, verdict: str) -> JobResult:
               CheckResult("max_drop", "scan", "clean", 400, 0.99, 0.985, -0.005, 0.08, "pass",
                           {"bound_low": -0.004, "bound_high": 0.021, "direction": "above", "p_within": 0.001})]
     now = time.time()
+    # row outputs of the same candidate file on every target, one row answered differently on "gpu"
+    outputs = np.eye(4, dtype=np.float32)
+    candidate = outputs[:, [0, 1, 2, 2]] if spec.target == "gpu" else outputs
     return JobResult(job_id=spec.job_id, status="finished", verdict=verdict, checks=checks,
-                     provenance={"fingerprint": {"hash": "fp"}}, started_at=now - 2, finished_at=now)
+                     provenance={"fingerprint": {"hash": "fp"}, "candidate": {"sha256": f"sha-{spec.candidate}"}},
+                     started_at=now - 2, finished_at=now,
+                     row_outputs=rowoutputs.classification(outputs, candidate, {"scan": ["a", "a", "b", "b"]}))
 
 
 @pytest.fixture
