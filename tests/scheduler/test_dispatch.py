@@ -85,3 +85,43 @@ def test_placement_pins_by_resource_or_label() -> None:
     assert placement_options("local") == {}
     assert placement_options(Placement(resource="target:h100")) == {"resources": {"target:h100": 0.001}}
     assert placement_options(Placement(labels={"pool": "l4"})) == {"label_selector": {"pool": "l4"}}
+
+
+def test_each_stack_of_a_target_gets_its_own_worker_generation(tmp_path: Path, demo_dir: Path) -> None:
+    path = tmp_path / "targets.yaml"
+    path.write_text(demo_config(demo_dir, tmp_path / "ledger.db"))
+    dispatcher = RayDispatcher(load_config(path))
+    assert dispatcher.worker_options("local-cpu") == {}  # before any probe
+    generations = []
+    for stack in ("a", "a", "b", "a"):  # the same stack again, a change, and back to the first stack
+        dispatcher.note_stack("local-cpu", stack)
+        generations.append(dispatcher.worker_options("local-cpu")["runtime_env"]["env_vars"]["REVALIDATOR_STACK"])
+    assert generations[0] == generations[1] and len(set(generations)) == 3
+    assert generations[0].startswith("a.") and generations[3].startswith("a.")
+
+
+def test_after_a_stack_change_jobs_run_in_workers_started_after_it(setup, tmp_path: Path) -> None:
+    loaded, ledger, dispatcher = setup
+    firmware = tmp_path / "firmware"
+    firmware.write_text("1.0\n")
+    path = tmp_path / "targets.yaml"
+    path.write_text(path.read_text().replace("    runners: [onnxruntime, torch]\n",
+                                             f"    runners: [onnxruntime, torch]\n    probes: {{firmware: {{file: {firmware}}}}}\n"))
+    dispatcher.loaded = loaded = load_config(path)
+    job = plan(loaded)[0]
+
+    def worker_pid() -> int:
+        report = run_validation(loaded, [job], ledger, dispatcher)
+        result = report.records[0].result
+        assert result.status == "finished", result.error
+        return result.provenance["loaded"]["pid"]
+
+    before = set()
+    for _ in range(2):  # one stack, probed twice: one generation
+        assert isinstance(dispatcher.probe(["local-cpu"], timeout=60)["local-cpu"], dict)
+        before.add(worker_pid())
+    firmware.write_text("2.0\n")
+    stack = dispatcher.probe(["local-cpu"], timeout=60)["local-cpu"]
+    assert stack["components"]["firmware"] == "2.0"
+    after = worker_pid()
+    assert after not in before  # a worker of the earlier stack can no longer take the target's jobs
