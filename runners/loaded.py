@@ -73,13 +73,14 @@ def _stashed(folder: str, name: str) -> bool:
     return any(folder[i:] == name[i:] and set(folder[1:i]) <= _PIP_LEADING for i in range(1, len(name)))
 
 
-def in_package(path: str, package_dir: str) -> bool:
-    """Whether a mapped file lies in the package folder, or in the folder pip moved it to."""
+def in_package(path: str, package_dir: str) -> str | None:
+    """Where a mapped file lies: "package" in the package folder, "moved" in the folder pip moves it to
+    while replacing it (until pip deletes it), None elsewhere."""
     site, name = os.path.split(package_dir.rstrip("/"))
     if not path.startswith(site + "/"):
-        return False
+        return None
     folder = path[len(site) + 1:].split("/", 1)[0]
-    return folder == name or _stashed(folder, name)
+    return "package" if folder == name else "moved" if _stashed(folder, name) else None
 
 
 def identify(mapping: Mapping, stat: Callable[[str], os.stat_result] = os.stat) -> dict[str, Any]:
@@ -105,7 +106,10 @@ def runtime_record(module: Any, mappings: list[Mapping],
     record: dict[str, Any] = {"version": getattr(module, "__version__", None), "file": file, "libraries": []}
     if file:
         package_dir = os.path.realpath(os.path.dirname(file))  # maps shows resolved paths
-        record["libraries"] = [identify(m, stat) for m in mappings if in_package(m.path, package_dir)]
+        for m in mappings:
+            where = in_package(m.path, package_dir)
+            if where is not None:
+                record["libraries"].append({**identify(m, stat), "moved": where == "moved"})
     return record
 
 
@@ -136,20 +140,29 @@ def stale_problems(loaded: dict[str, Any], installed: dict[str, str]) -> list[st
     problems = []
     for name, record in loaded["modules"].items():
         want = installed.get(name)
-        bad = [lib for lib in record["libraries"] if lib["deleted"] or lib["replaced"]]
+        bad = [lib for lib in record["libraries"] if _state(lib)]
         if record["version"] is not None and want is not None and record["version"] != want:
             problems.append(f"loaded {name} {record['version']}, installed {want}" + _libraries(bad))
         elif bad:
             problems.append(f"{name} {record['version']}" + _libraries(bad))
     for lib in loaded.get("other_libraries", ()):
-        problems.append(f"library {lib['path']} {'deleted' if lib['deleted'] else 'replaced on disk'}")
+        problems.append(f"library {lib['path']} {_state(lib)}")
     return problems
+
+
+def _state(lib: dict[str, Any]) -> str | None:
+    """What is wrong with a mapped library, in words; None when it is the installed file."""
+    if lib["deleted"]:
+        return "deleted"
+    if lib["replaced"]:
+        return "replaced on disk"
+    return "moved aside by an upgrade" if lib.get("moved") else None
 
 
 def _libraries(bad: list[dict[str, Any]]) -> str:
     if not bad:
         return ""
-    shown = ", ".join(f"{lib['path']} {'deleted' if lib['deleted'] else 'replaced on disk'}" for lib in bad[:2])
+    shown = ", ".join(f"{lib['path']} {_state(lib)}" for lib in bad[:2])
     return f" (library {shown}{f' and {len(bad) - 2} more' if len(bad) > 2 else ''})"
 
 

@@ -45,11 +45,13 @@ def test_parse_maps_keeps_each_shared_library_once_with_its_deleted_mark() -> No
 
 def test_a_package_owns_the_folder_pip_moved_it_to() -> None:
     ort = f"{SITE}/onnxruntime"
-    assert in_package(f"{SITE}/onnxruntime/capi/x.so", ort)
-    assert in_package(f"{SITE}/~nnxruntime/capi/x.so", ort) and in_package(f"{SITE}/~-nxruntime/capi/x.so", ort)
-    assert not in_package(f"{SITE}/onnxruntime_extensions/x.so", ort)
-    assert not in_package(f"{SITE}/~nnxruntim/x.so", ort) and not in_package(f"/other{SITE}/onnxruntime/x.so", ort)
-    assert in_package(f"{SITE}/~orch/lib/libtorch.so", f"{SITE}/torch")
+    assert in_package(f"{SITE}/onnxruntime/capi/x.so", ort) == "package"
+    assert in_package(f"{SITE}/~nnxruntime/capi/x.so", ort) == "moved"
+    assert in_package(f"{SITE}/~-nxruntime/capi/x.so", ort) == "moved"
+    assert in_package(f"{SITE}/onnxruntime_extensions/x.so", ort) is None
+    assert in_package(f"{SITE}/~nnxruntim/x.so", ort) is None
+    assert in_package(f"/other{SITE}/onnxruntime/x.so", ort) is None
+    assert in_package(f"{SITE}/~orch/lib/libtorch.so", f"{SITE}/torch") == "moved"
 
 
 def test_a_worker_holding_a_replaced_runtime_is_named_with_its_libraries() -> None:
@@ -75,6 +77,18 @@ def test_a_worker_holding_a_replaced_runtime_is_named_with_its_libraries() -> No
     assert problems[1] == f"torch 2.13.0+cpu (library {SITE}/torch/_C.cpython-311-x86_64-linux-gnu.so replaced on disk)"
     assert problems[2] == "library /usr/lib/x86_64-linux-gnu/libcudnn.so.9.1.0 deleted"
     assert len(problems) == 3
+
+
+def test_a_library_pip_has_moved_aside_but_not_yet_deleted_is_stale_too() -> None:
+    modules = {"onnxruntime": SimpleNamespace(__version__="1.31.1", __file__=f"{SITE}/onnxruntime/__init__.py")}
+    maps = MAPS.read_text().replace(" (deleted)", "")  # pip has installed the new files, not yet removed the old
+    stat = fake_stat({f"{SITE}/~nnxruntime/capi/onnxruntime_pybind11_state.cpython-311-x86_64-linux-gnu.so": 5391714,
+                      f"{SITE}/~nnxruntime/capi/libonnxruntime_providers_shared.so": 5391711})
+    loaded = loaded_runtimes(modules, maps, stat)
+    assert [lib["moved"] for lib in loaded["modules"]["onnxruntime"]["libraries"]] == [True, True]
+    problems = stale_problems(loaded, {"onnxruntime": "1.31.1"})  # same version: the files alone say it
+    assert problems[0].startswith(f"onnxruntime 1.31.1 (library {SITE}/~nnxruntime/capi/onnxruntime_pybind11_state")
+    assert problems[0].endswith("moved aside by an upgrade)")
 
 
 def test_same_version_and_files_is_no_problem() -> None:

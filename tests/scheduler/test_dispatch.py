@@ -105,8 +105,9 @@ def test_after_a_stack_change_jobs_run_in_workers_started_after_it(setup, tmp_pa
     firmware = tmp_path / "firmware"
     firmware.write_text("1.0\n")
     path = tmp_path / "targets.yaml"
+    probe = f"    probes: {{firmware: {{file: {firmware}}}}}\n"
     path.write_text(path.read_text().replace("    runners: [onnxruntime, torch]\n",
-                                             f"    runners: [onnxruntime, torch]\n    probes: {{firmware: {{file: {firmware}}}}}\n"))
+                                             "    runners: [onnxruntime, torch]\n" + probe))
     dispatcher.loaded = loaded = load_config(path)
     job = plan(loaded)[0]
 
