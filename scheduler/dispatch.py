@@ -7,11 +7,8 @@ id makes the retry idempotent); a job that no node can take is recorded as unsch
 once its deadline passes, never left pending; a job past its timeout is cancelled; on stop,
 in-flight jobs get a drain deadline, then are cancelled and handed back for the next start.
 
-A job never runs in a worker started before its target's stack last changed: Ray reuses a worker
-only for tasks with the same runtime_env, so each job carries its target's stack generation as an
-environment variable and a changed fingerprint means new workers (an in-place upgrade leaves the
-old library mapped in a live worker; idle workers of an older generation are never matched again
-and Ray reaps them). The job itself checks what its process loaded (runners/loaded.py).
+A job never runs in a worker started before its target's stack last changed, nor in one that was
+found running a stale runtime (scheduler/generations.py).
 
 Every report to the listener (a ledger write, in practice) goes through an outbox: a write
 that fails (the ledger locked by another process, a full disk) is kept in memory, in order,
@@ -33,6 +30,7 @@ from typing import Any, Protocol
 from runners.contracts import ERROR, JobResult, JobSpec
 from scheduler.config import LoadedConfig
 from scheduler.config.schema import Placement
+from scheduler.generations import WorkerGenerations
 from scheduler.storage import LedgerError, LedgerWriteError
 
 log = logging.getLogger("revalidator.dispatch")
@@ -46,8 +44,6 @@ PIN_AMOUNT = 0.001
 _TICK_SECONDS = 0.25
 # Backoff of a failed listener write: doubles from the first delay up to the last.
 WRITE_RETRY_SECONDS = (0.5, 30.0)
-# The environment variable that carries a target's stack generation into its job workers.
-STACK_ENV = "REVALIDATOR_STACK"
 
 
 class InfrastructureError(RuntimeError):
@@ -146,8 +142,7 @@ class RayDispatcher:
         self._write_retry_at = 0.0
         self._write_failing_since: float | None = None  # monotonic time of the first failure in a row
         self._write_error: str | None = None
-        self._stacks: dict[str, tuple[str, int]] = {}  # target -> (stack hash, generation) last probed
-        self._generations = 0
+        self.generations = WorkerGenerations()
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -200,25 +195,11 @@ class RayDispatcher:
             except ray.exceptions.RayError as exc:
                 out[refs[ref]] = f"probe failed: {type(exc).__name__}"
             else:
-                self.note_stack(refs[ref], out[refs[ref]]["hash"])
+                self.generations.note(refs[ref], out[refs[ref]]["hash"])
         for ref in missing:
             ray.cancel(ref, force=True)
             out[refs[ref]] = f"probe timed out after {timeout:g}s"
         return out
-
-    def note_stack(self, target: str, stack_hash: str) -> None:
-        """A target's probed stack; a new one (a return to an earlier one too) starts a new worker generation."""
-        known = self._stacks.get(target)
-        if known is None or known[0] != stack_hash:
-            self._generations += 1
-            self._stacks[target] = (stack_hash, self._generations)
-
-    def worker_options(self, target: str) -> dict[str, Any]:
-        """Ray task options that keep a target's jobs off workers started under an earlier stack."""
-        known = self._stacks.get(target)
-        if known is None:  # not probed yet: workers serve one driver, and all of this one's are new
-            return {}
-        return {"runtime_env": {"env_vars": {STACK_ENV: f"{known[0]}.{known[1]}"}}}
 
     # -- jobs ---------------------------------------------------------------------------------
     def submit(self, jobs: list[tuple[str, JobSpec]]) -> None:
@@ -399,7 +380,7 @@ class RayDispatcher:
             self._drop(p)
             self._tell(listener, "started", p.run_id, p.spec)
             ref = self._job_task.options(**placement_options(target.where),
-                                         **self.worker_options(p.spec.target)).remote(p.spec)
+                                         **self.generations.options(p.spec.target)).remote(p.spec)
             self._running[ref] = _Running(p, time.time())
             per_target[p.spec.target] = per_target.get(p.spec.target, 0) + 1
 
@@ -429,6 +410,10 @@ class RayDispatcher:
         except ray.exceptions.RayError as exc:  # worker crash, node death, lost object: retry
             self._retry(listener, flight, f"{type(exc).__name__}: {_first_line(exc)}")
             return
+        if result.error_kind == "stale_runtime":
+            log.warning("stale runtime in a worker; the target's next jobs get new workers",
+                        extra={"fields": {"target": p.spec.target, "run_id": p.run_id, "error": result.error}})
+            self.generations.renew(p.spec.target)
         self._tell(listener, "finished", p.run_id, p.spec, result)
 
     def _retry(self, listener: Listener, flight: _Running, reason: str) -> None:

@@ -87,19 +87,6 @@ def test_placement_pins_by_resource_or_label() -> None:
     assert placement_options(Placement(labels={"pool": "l4"})) == {"label_selector": {"pool": "l4"}}
 
 
-def test_each_stack_of_a_target_gets_its_own_worker_generation(tmp_path: Path, demo_dir: Path) -> None:
-    path = tmp_path / "targets.yaml"
-    path.write_text(demo_config(demo_dir, tmp_path / "ledger.db"))
-    dispatcher = RayDispatcher(load_config(path))
-    assert dispatcher.worker_options("local-cpu") == {}  # before any probe
-    generations = []
-    for stack in ("a", "a", "b", "a"):  # the same stack again, a change, and back to the first stack
-        dispatcher.note_stack("local-cpu", stack)
-        generations.append(dispatcher.worker_options("local-cpu")["runtime_env"]["env_vars"]["REVALIDATOR_STACK"])
-    assert generations[0] == generations[1] and len(set(generations)) == 3
-    assert generations[0].startswith("a.") and generations[3].startswith("a.")
-
-
 def test_after_a_stack_change_jobs_run_in_workers_started_after_it(setup, tmp_path: Path) -> None:
     loaded, ledger, dispatcher = setup
     firmware = tmp_path / "firmware"
@@ -126,3 +113,18 @@ def test_after_a_stack_change_jobs_run_in_workers_started_after_it(setup, tmp_pa
     assert stack["components"]["firmware"] == "2.0"
     after = worker_pid()
     assert after not in before  # a worker of the earlier stack can no longer take the target's jobs
+
+
+def test_a_stale_runtime_in_a_worker_moves_the_targets_next_jobs_to_new_workers(setup) -> None:
+    loaded, ledger, dispatcher = setup
+    dispatcher.generations.note("local-cpu", "probed")
+    job = plan(loaded)[0]
+    stale = with_runner(job, "tests.plugins:StaleLibraryRunner", "stale")
+    report = run_validation(loaded, [job, stale], ledger, dispatcher)
+    ran, found = (r.result for r in report.records)
+    assert (found.status, found.error_kind) == ("error", "stale_runtime") and not found.checks
+    assert report.exit_code() == 3
+    assert [h["error_kind"] for h in ledger.history() if h["candidate"] == "stale"] == ["stale_runtime"]
+    after = run_validation(loaded, [job], ledger, dispatcher).records[0].result
+    assert after.status == "finished"
+    assert after.provenance["loaded"]["pid"] not in {ran.provenance["loaded"]["pid"], found.provenance["loaded"]["pid"]}
