@@ -187,7 +187,10 @@ class RayDispatcher:
             if not self._placeable(target.where, available):
                 out[name] = "no node offers this target"
                 continue
-            refs[self._probe_task.options(**placement_options(target.where)).remote(self.loaded.probe_specs(name))] = name
+            # In the target's job workers: a worker of their own would often be reaped between polls
+            # (Ray keeps one idle worker per CPU) and every probe would then wait for a new one.
+            options = {**placement_options(target.where), **self.generations.options(name)}
+            refs[self._probe_task.options(**options).remote(self.loaded.probe_specs(name))] = name
         ready, missing = ray.wait(list(refs), num_returns=len(refs), timeout=timeout) if refs else ([], [])
         for ref in ready:
             try:
