@@ -5,8 +5,10 @@ the old files, the process keeps them) it would run the old runtime under a reco
 Ray reuses a worker only for tasks with the same runtime_env, so each job carries its target's stack
 generation as an environment variable: a changed fingerprint (a return to an earlier one too) starts
 a new generation, and with it new worker processes. Idle workers of an older generation are never
-matched again; Ray reaps idle workers above its soft limit (one per CPU). The job itself still
-checks what its process loaded (runners/loaded.py).
+matched again; Ray reaps idle workers above its soft limit (one per CPU). The stack probes run in
+the same generation as the jobs (they only read files), so that no worker pool of their own is
+reaped and restarted between polls. The job itself still checks what its process loaded
+(runners/loaded.py).
 """
 
 from __future__ import annotations
