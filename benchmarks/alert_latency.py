@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.e2e.observability import Stack, wait_for  # noqa: E402
+from tests.e2e.observability import Stack, get_json, wait_for  # noqa: E402
 
 LABELS = {"model": "digits-mlp", "candidate": "int8", "target": "edge-cpu"}
 
@@ -41,6 +41,10 @@ def one_round(stack: Stack, number: int) -> dict[str, float]:
     stack.roll_back()
     wait_for(lambda: [d for d in stack.receiver.find("RevalidatorGateFailed", "resolved", **LABELS)
                       if d.received_at > delivery.received_at], 120, "the alert to resolve")
+    # The roll-back's own jobs finish before the next round changes anything: a job still starting its
+    # worker would otherwise read the next round's broken candidate and be taken for that round's.
+    wait_for(lambda: not any(get_json(f"http://127.0.0.1:{stack.daemon_port}/status")["jobs"].values()), 120,
+             "the daemon to be idle")
     return {k: round(v, 3) for k, v in result.items()}
 
 

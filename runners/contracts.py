@@ -133,7 +133,7 @@ class JobResult:
     checks: list[CheckResult] = field(default_factory=list)
     provenance: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
-    error_kind: str | None = None  # "input" for bad artifacts/data, "internal" otherwise
+    error_kind: str | None = None  # "input" (bad artifacts/data), "stale_runtime" (see runners/loaded.py), "internal"
     started_at: float = 0.0
     finished_at: float = 0.0
     version: int = CONTRACT_VERSION

@@ -2,8 +2,9 @@
 
 Probe the stack, hash every input, run baseline then candidate over the same rows in
 batches, compare them per slice, judge every check, and return a JobResult with the
-verdicts and the provenance needed to reproduce them. Never raises: a failure becomes
-the job's error, classified as bad input or internal.
+verdicts and the provenance needed to reproduce them, with what the process actually loaded.
+Never raises: a failure becomes the job's error, classified as bad input, a stale runtime in
+the worker, or internal.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from runners.data import DataError, EvalData, check_labels_fit, load_eval_data
 from runners.external import compare, results_for
 from runners.generative import LM_RUNNERS, GenerationSettings, generate, judge_generations, load_inputs
 from runners.hashing import artifact_digests, sha256_path
+from runners.loaded import StaleRuntime, check_loaded, installed_runtimes
 from runners.metrics import RowMetrics, SliceIndex, row_metrics, slice_members, slice_stats
 from runners import rowoutputs
 from runners.probes import probe_stack
@@ -186,6 +188,8 @@ def run_job(spec: JobSpec) -> JobResult:
     try:
         fingerprint = probe_stack(custom=spec.probes)
         result.provenance = provenance(spec, fingerprint)
+        # A worker that already holds an older runtime than the one recorded runs nothing.
+        result.provenance["loaded"] = check_loaded(fingerprint["components"])
         if spec.suite.task == "generation":
             result.checks, result.provenance["drift"] = run_generation(spec, result.provenance)
             result.row_outputs = result.provenance.pop("_rows", b"")
@@ -210,8 +214,13 @@ def run_job(spec: JobSpec) -> JobResult:
             result.row_outputs = rowoutputs.classification(*kept["outputs"], data.slices, **{
                 k: v for k, v in kept.items() if k != "outputs"})
         decide_run(result.checks, spec.suite)
+        # Again with what the job imported itself, and against the disk now (an upgrade during the job).
+        result.provenance["loaded"] = check_loaded(fingerprint["components"], installed_runtimes())
         result.verdict = candidate_verdict(result.checks, spec.suite)
         result.status = "finished"
+    except StaleRuntime as exc:  # what ran is not what the record says: no verdict from it
+        result.error, result.error_kind, result.checks = str(exc), "stale_runtime", []
+        result.provenance["loaded"] = exc.loaded
     except (ArtifactError, DataError) as exc:
         result.error, result.error_kind = str(exc), "input"
     except Exception as exc:  # anything else inside a job is that job's internal error

@@ -1,7 +1,8 @@
 """The `revalidator` command line: a thin layer that builds one config and calls the library.
 
 Exit codes: 0 all gates pass, 1 a gate failed, 2 bad input (config, arguments, artifacts,
-data), 3 an internal or infrastructure error. Every error is one line on stderr that names
+data), 3 an internal or infrastructure error (a job whose Ray worker held another runtime than
+the installed one, error kind stale_runtime, is one: the input was fine). Every error is one line on stderr that names
 what is wrong and where; `--debug` adds the traceback.
 """
 

@@ -7,6 +7,9 @@ id makes the retry idempotent); a job that no node can take is recorded as unsch
 once its deadline passes, never left pending; a job past its timeout is cancelled; on stop,
 in-flight jobs get a drain deadline, then are cancelled and handed back for the next start.
 
+A job never runs in a worker started before its target's stack last changed, nor in one that was
+found running a stale runtime (scheduler/generations.py).
+
 Every report to the listener (a ledger write, in practice) goes through an outbox: a write
 that fails (the ledger locked by another process, a full disk) is kept in memory, in order,
 and retried with backoff; no job starts while writes wait, and a computed result is never
@@ -27,6 +30,7 @@ from typing import Any, Protocol
 from runners.contracts import ERROR, JobResult, JobSpec
 from scheduler.config import LoadedConfig
 from scheduler.config.schema import Placement
+from scheduler.generations import WorkerGenerations
 from scheduler.storage import LedgerError, LedgerWriteError
 
 log = logging.getLogger("revalidator.dispatch")
@@ -138,6 +142,7 @@ class RayDispatcher:
         self._write_retry_at = 0.0
         self._write_failing_since: float | None = None  # monotonic time of the first failure in a row
         self._write_error: str | None = None
+        self.generations = WorkerGenerations()
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -182,13 +187,18 @@ class RayDispatcher:
             if not self._placeable(target.where, available):
                 out[name] = "no node offers this target"
                 continue
-            refs[self._probe_task.options(**placement_options(target.where)).remote(self.loaded.probe_specs(name))] = name
+            # In the target's job workers: a worker of their own would often be reaped between polls
+            # (Ray keeps one idle worker per CPU) and every probe would then wait for a new one.
+            options = {**placement_options(target.where), **self.generations.options(name)}
+            refs[self._probe_task.options(**options).remote(self.loaded.probe_specs(name))] = name
         ready, missing = ray.wait(list(refs), num_returns=len(refs), timeout=timeout) if refs else ([], [])
         for ref in ready:
             try:
                 out[refs[ref]] = ray.get(ref)
             except ray.exceptions.RayError as exc:
                 out[refs[ref]] = f"probe failed: {type(exc).__name__}"
+            else:
+                self.generations.note(refs[ref], out[refs[ref]]["hash"])
         for ref in missing:
             ray.cancel(ref, force=True)
             out[refs[ref]] = f"probe timed out after {timeout:g}s"
@@ -372,7 +382,8 @@ class RayDispatcher:
             p.waiting_since = None
             self._drop(p)
             self._tell(listener, "started", p.run_id, p.spec)
-            ref = self._job_task.options(**placement_options(target.where)).remote(p.spec)
+            ref = self._job_task.options(**placement_options(target.where),
+                                         **self.generations.options(p.spec.target)).remote(p.spec)
             self._running[ref] = _Running(p, time.time())
             per_target[p.spec.target] = per_target.get(p.spec.target, 0) + 1
 
@@ -402,6 +413,10 @@ class RayDispatcher:
         except ray.exceptions.RayError as exc:  # worker crash, node death, lost object: retry
             self._retry(listener, flight, f"{type(exc).__name__}: {_first_line(exc)}")
             return
+        if result.error_kind == "stale_runtime":
+            log.warning("stale runtime in a worker; the target's next jobs get new workers",
+                        extra={"fields": {"target": p.spec.target, "run_id": p.run_id, "error": result.error}})
+            self.generations.renew(p.spec.target)
         self._tell(listener, "finished", p.run_id, p.spec, result)
 
     def _retry(self, listener: Listener, flight: _Running, reason: str) -> None:

@@ -89,6 +89,7 @@ class LedgerCollector:
         yield from self._gates(gates)
         yield from self._targets(snap)
         yield from self._jobs()
+        yield from self._stale_runtimes(snap)
         yield from self._missed(snap)
         yield from self._cross_target(snap, by_tuple)
 
@@ -196,6 +197,15 @@ class LedgerCollector:
         retries = CounterMetricFamily("revalidator_job_retries", "Job attempts repeated after a worker or node failure.",
                                       value=ledger.retries())
         yield from (jobs, errors, duration, retries)
+
+    def _stale_runtimes(self, snap: Snapshot) -> Iterator[Metric]:
+        stale = CounterMetricFamily("revalidator_stale_runtime_runs",
+                                    "Runs whose worker had loaded another runtime than the installed one "
+                                    "(error kind stale_runtime).", labels=["target"])
+        counts = self.ledger.error_kind_counts("stale_runtime")
+        for target in sorted(snap.loaded.config.targets):  # 0 too, so that the first one is an increase
+            stale.add_metric([target], counts.get(target, 0))
+        yield stale
 
     def _missed(self, snap: Snapshot) -> Iterator[Metric]:
         yield CounterMetricFamily("revalidator_missed_schedules",

@@ -342,6 +342,12 @@ class Ledger:
         with self.engine.connect() as conn:
             return {(t, s): n for t, s, n in conn.execute(query)}
 
+    def error_kind_counts(self, kind: str) -> dict[str, int]:
+        """Runs per target that ended in an error of `kind` ("stale_runtime", say)."""
+        query = sa.select(runs.c.target, sa.func.count()).where(runs.c.error_kind == kind).group_by(runs.c.target)
+        with self.engine.connect() as conn:
+            return {t: n for t, n in conn.execute(query)}
+
     def job_durations(self, buckets: tuple[float, ...]) -> tuple[list[int], int, float]:
         """Cumulative counts of ended runs per duration bucket, their count and their duration sum."""
         duration = runs.c.finished_at - runs.c.started_at

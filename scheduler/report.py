@@ -165,7 +165,8 @@ def human(report: ValidationReport, verbose: bool = True) -> str:
         head = f"{spec.model} / {spec.candidate} on {spec.target} (suite {spec.suite.name}): {result.verdict.upper()}"
         out.append(f"{head}   run {record.run_id[:8]}")
         if result.error:
-            kind = "bad input" if result.error_kind == "input" else "internal error"
+            kind = {"input": "bad input", "stale_runtime": "infrastructure error"}.get(result.error_kind or "",
+                                                                                    "internal error")
             out.append(f"    {kind}: {result.error.strip().splitlines()[0]}")
             out.append("")
             continue

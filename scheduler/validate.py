@@ -30,7 +30,8 @@ class ValidationReport:
     ray_startup_seconds: float = 0.0
 
     def exit_code(self) -> int:
-        """3 for an internal error, else 2 for bad input, else 1 for a gate that did not pass, else 0."""
+        """3 for an internal or infrastructure error (a stale runtime in a worker among them), else 2 for
+        bad input, else 1 for a gate that did not pass, else 0."""
         results = [r.result for r in self.records]
         if any(r.verdict == ERROR and r.error_kind != "input" for r in results):
             return EXIT_INTERNAL

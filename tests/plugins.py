@@ -41,6 +41,23 @@ class SleepingRunner(Runner):
         raise AssertionError("unreachable")
 
 
+class StaleLibraryRunner(Runner):
+    """Finds its process holding a library replaced on disk, as after an in-place update no probe sees."""
+
+    name = "stale-library"
+
+    def _load(self) -> None:
+        from runners.loaded import StaleRuntime, loaded_runtimes
+
+        raise StaleRuntime("stale runtime in the worker: library /usr/lib/libcudnn.so.9 deleted", loaded_runtimes())
+
+    def _input_names(self) -> list[str]:
+        return []
+
+    def _infer(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        raise AssertionError("unreachable")
+
+
 class SlowOnnxRunner(Runner):
     """onnxruntime that takes a few seconds to load: long enough to remove a node mid-job."""
 

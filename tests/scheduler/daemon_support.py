@@ -64,9 +64,10 @@ suites:
 
 
 class DaemonProcess:
-    """`revalidator daemon` in its own process, connected to a cluster by address."""
+    """`revalidator daemon` in its own process, connected to a cluster by address (or, with "", starting
+    its own local Ray); `python` is the interpreter it runs under (an embedded Ray's workers use it too)."""
 
-    def __init__(self, config: Path, ray_address: str) -> None:
+    def __init__(self, config: Path, ray_address: str, python: Path | None = None) -> None:
         self.config = config
         self.listen = next(line.split('listen: "')[1].split('"')[0] for line in config.read_text().splitlines()
                            if "listen:" in line)
@@ -76,7 +77,7 @@ class DaemonProcess:
         if ray_address:
             env["RAY_ADDRESS"] = ray_address
         with open(self.log, "w") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "scheduler.cli", "daemon", "-c", str(config)],
+            self.proc = subprocess.Popen([str(python or sys.executable), "-m", "scheduler.cli", "daemon", "-c", str(config)],
                                          cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
 
     def get(self, path: str) -> tuple[int, dict]:

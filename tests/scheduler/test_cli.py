@@ -162,3 +162,20 @@ def test_sweep_without_a_daemon_runs_once_here_and_dedupes(tmp_path: Path, demo_
     assert code == 1 and out.count("(suite digits)") == 2
     code, _, err = run_cli(capsys, "sweep", "-c", str(path), "--target", "nope")
     assert code == 2 and "no such target" in err
+
+
+def test_a_stale_runtime_is_an_infrastructure_error_not_bad_input(tmp_path: Path, demo_dir: Path) -> None:
+    from runners.contracts import JobResult
+    from scheduler.config import load_config
+    from scheduler.planning import plan
+    from scheduler.report import human
+    from scheduler.validate import RunRecord, ValidationReport
+
+    spec = plan(load_config(write_config(tmp_path, demo_dir)))[0]
+    message = "stale runtime in the worker: loaded onnxruntime 1.31.1, installed 1.32.0"
+    stale = JobResult(job_id=spec.job_id, status="error", verdict="error", error=message, error_kind="stale_runtime")
+    bad = JobResult(job_id=spec.job_id, status="error", verdict="error", error="x.npz: no labels", error_kind="input")
+    assert ValidationReport([RunRecord("r1", spec, stale)]).exit_code() == 3
+    assert ValidationReport([RunRecord("r2", spec, bad)]).exit_code() == 2
+    assert ValidationReport([RunRecord("r2", spec, bad), RunRecord("r1", spec, stale)]).exit_code() == 3
+    assert f"    infrastructure error: {message}" in human(ValidationReport([RunRecord("r1", spec, stale)]))

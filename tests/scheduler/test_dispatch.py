@@ -85,3 +85,46 @@ def test_placement_pins_by_resource_or_label() -> None:
     assert placement_options("local") == {}
     assert placement_options(Placement(resource="target:h100")) == {"resources": {"target:h100": 0.001}}
     assert placement_options(Placement(labels={"pool": "l4"})) == {"label_selector": {"pool": "l4"}}
+
+
+def test_after_a_stack_change_jobs_run_in_workers_started_after_it(setup, tmp_path: Path) -> None:
+    loaded, ledger, dispatcher = setup
+    firmware = tmp_path / "firmware"
+    firmware.write_text("1.0\n")
+    path = tmp_path / "targets.yaml"
+    probe = f"    probes: {{firmware: {{file: {firmware}}}}}\n"
+    path.write_text(path.read_text().replace("    runners: [onnxruntime, torch]\n",
+                                             "    runners: [onnxruntime, torch]\n" + probe))
+    dispatcher.loaded = loaded = load_config(path)
+    job = plan(loaded)[0]
+
+    def worker_pid() -> int:
+        report = run_validation(loaded, [job], ledger, dispatcher)
+        result = report.records[0].result
+        assert result.status == "finished", result.error
+        return result.provenance["loaded"]["pid"]
+
+    before = set()
+    for _ in range(2):  # one stack, probed twice: one generation
+        assert isinstance(dispatcher.probe(["local-cpu"], timeout=60)["local-cpu"], dict)
+        before.add(worker_pid())
+    firmware.write_text("2.0\n")
+    stack = dispatcher.probe(["local-cpu"], timeout=60)["local-cpu"]
+    assert stack["components"]["firmware"] == "2.0"
+    after = worker_pid()
+    assert after not in before  # a worker of the earlier stack can no longer take the target's jobs
+
+
+def test_a_stale_runtime_in_a_worker_moves_the_targets_next_jobs_to_new_workers(setup) -> None:
+    loaded, ledger, dispatcher = setup
+    dispatcher.generations.note("local-cpu", "probed")
+    job = plan(loaded)[0]
+    stale = with_runner(job, "tests.plugins:StaleLibraryRunner", "stale")
+    report = run_validation(loaded, [job, stale], ledger, dispatcher)
+    ran, found = (r.result for r in report.records)
+    assert (found.status, found.error_kind) == ("error", "stale_runtime") and not found.checks
+    assert report.exit_code() == 3
+    assert [h["error_kind"] for h in ledger.history() if h["candidate"] == "stale"] == ["stale_runtime"]
+    after = run_validation(loaded, [job], ledger, dispatcher).records[0].result
+    assert after.status == "finished"
+    assert after.provenance["loaded"]["pid"] not in {ran.provenance["loaded"]["pid"], found.provenance["loaded"]["pid"]}

@@ -205,3 +205,20 @@ def test_a_broken_ledger_is_counted_and_the_scrape_still_answers(world, tmp_path
     values = samples(text)
     assert values["revalidator_ledger_errors_total"] >= 1
     assert "revalidator_build_info" in "".join(values)
+
+
+def test_stale_runtime_runs_are_counted_per_target_from_zero(world) -> None:
+    loaded, ledger, snapshot = world
+    exporter = Exporter(ledger, lambda: snapshot)
+    name = "revalidator_stale_runtime_runs_total"
+    assert {k: v for k, v in samples(exporter.render().decode()).items() if k.startswith(name)} == {
+        f'{name}{{target="cpu"}}': 0.0, f'{name}{{target="gpu"}}': 0.0}
+    spec = Planner(loaded).jobs("manual", ledger.latest_fingerprints(), target="gpu")[0]
+    now = time.time()
+    stale = JobResult(job_id=spec.job_id, status="error", verdict="error", error_kind="stale_runtime",
+                      error="stale runtime in the worker: loaded onnxruntime 1.32.0, installed 1.31.1",
+                      started_at=now - 1, finished_at=now)
+    ledger.finish_run(ledger.start_run(spec), stale)
+    values = samples(exporter.render().decode())
+    assert (values[f'{name}{{target="gpu"}}'], values[f'{name}{{target="cpu"}}']) == (1.0, 0.0)
+    assert values['revalidator_job_errors_total{target="gpu"}'] == 1.0  # an error like any other, too
