@@ -13,13 +13,15 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+from runners import catalogue
 from scheduler import rowdiff
 from scheduler.ledger import Ledger
 
 DOCUMENT_VERSION = 1
 # The aggregate quantity the gap is measured on, in order of preference (a rate both models have).
-GAP_CHECKS = ("max_drop", "max_relative_drop", "min_accuracy", "max_exact_match_drop", "max_format_drop",
-              "min_token_agreement")
+GAP_CHECKS = tuple(c.name for c in (catalogue.MAX_DROP, catalogue.MAX_RELATIVE_DROP, catalogue.MIN_ACCURACY,
+                                    catalogue.MAX_EXACT_MATCH_DROP, catalogue.MAX_FORMAT_DROP,
+                                    catalogue.MIN_TOKEN_AGREEMENT))
 # A difference-in-differences within this share of the larger move (or within one row) is "both moved equally".
 EQUAL_SHARE = 0.25
 
