@@ -59,14 +59,22 @@ def paired_score_z(b: np.ndarray, c: np.ndarray, n: np.ndarray, delta: np.ndarra
     when there are few or no discordant rows.
     """
     b, c, n = (np.asarray(x, dtype=np.float64) for x in (b, c, n))
-    delta = np.asarray(delta, dtype=np.float64)
-    w = -(b + c) + delta * (2 * n - b + c)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return _score(b, c, n, np.asarray(delta, dtype=np.float64))
+
+
+def _score(b: np.ndarray, c: np.ndarray, n: np.ndarray, delta: np.ndarray) -> np.ndarray:
+    """paired_score_z on float arrays, without conversions (the bisection calls it 40 times)."""
+    w = delta * (2 * n - b + c) - (b + c)
     q = (np.sqrt(np.maximum(w * w + 8 * n * c * delta * (1 - delta), 0.0)) - w) / np.maximum(4 * n, 1e-300)
     variance = n * (2 * q + delta * (1 - delta))
     numerator = b - c - n * delta
-    with np.errstate(invalid="ignore", divide="ignore"):
-        z = numerator / np.sqrt(variance)
-    return np.where(variance > 0, z, np.where(numerator > 0, np.inf, np.where(numerator < 0, -np.inf, 0.0)))
+    z = numerator / np.sqrt(variance)
+    degenerate = ~(variance > 0)
+    if degenerate.any():  # no spread under the null: the sign of the numerator decides
+        z[degenerate] = np.sign(numerator[degenerate]) * np.inf
+        z[degenerate & (numerator == 0)] = 0.0
+    return z
 
 
 def paired_null_sd(b: np.ndarray, c: np.ndarray, n: np.ndarray, delta: np.ndarray | float) -> np.ndarray:
@@ -80,18 +88,20 @@ def paired_null_sd(b: np.ndarray, c: np.ndarray, n: np.ndarray, delta: np.ndarra
 
 def paired_bounds(b: np.ndarray, c: np.ndarray, n: np.ndarray, confidence: float) -> tuple[np.ndarray, np.ndarray]:
     """One-sided lower and upper confidence bounds for p(b) - p(c), each at `confidence` (Tango's
-    score interval, found by bisection on the statistic, which decreases in delta)."""
+    score interval, found by bisection on the statistic, which decreases in delta; both bounds of
+    every test in one vectorised pass)."""
     z = z_of(confidence)
-    b, c, n = (np.asarray(x, dtype=np.float64) for x in (b, c, n))
-    bounds = []
-    for target in (z, -z):  # lower bound: where the statistic falls to z; upper: to -z
-        lo, hi = np.full(b.shape, -1.0), np.full(b.shape, 1.0)
-        for _ in range(50):  # 2^-50: far below any tolerance
+    b, c, n = (np.atleast_1d(np.asarray(x, dtype=np.float64)) for x in (b, c, n))
+    bb, cc, nn = (np.concatenate([x, x]) for x in (b, c, n))
+    target = np.concatenate([np.full(b.shape, z), np.full(b.shape, -z)])  # lower bound at z, upper at -z
+    lo, hi = np.full(bb.shape, -1.0), np.full(bb.shape, 1.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for _ in range(40):  # 2^-40: far below any tolerance
             mid = (lo + hi) / 2
-            above_target = paired_score_z(b, c, n, mid) > target
+            above_target = _score(bb, cc, nn, mid) > target
             lo, hi = np.where(above_target, mid, lo), np.where(above_target, hi, mid)
-        bounds.append((lo + hi) / 2)
-    return bounds[0], bounds[1]
+    bounds = (lo + hi) / 2
+    return bounds[:len(b)], bounds[len(b):]
 
 
 def proportion_score_z(x: np.ndarray, n: np.ndarray, p0: float) -> np.ndarray:
