@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from runners.backends.base import ArtifactError
+from runners.backends.base import ArtifactError, BackendUnavailable
 from runners.backends.recipes import apply_recipe
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -94,7 +94,7 @@ class CausalLM:
 
         self.device = self.options.get("device", "cpu")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise ArtifactError(f"{self.path}: device {self.device} requested, but torch sees no CUDA device")
+            raise BackendUnavailable(f"{self.path}: device {self.device} requested, but torch sees no CUDA device")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(source, **extra)
             model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, self.dtype_name), **extra)
