@@ -57,6 +57,9 @@ def test_a_second_candidate_reuses_the_baseline_and_names_the_job_that_made_it(w
     assert made == {"key": made["key"], "generated_by_job": "job-a", "reused": False}
     assert reused == {"key": made["key"], "generated_by_job": "job-a", "reused": True}
     assert len(BaselineCache.from_env().entries()) == 1
+    # How the runner computed the reused outputs travels with them.
+    assert second.provenance["baseline"]["runtime"] == first.provenance["baseline"]["runtime"]
+    assert second.provenance["baseline"]["runtime"]
     # The verdicts are those of a run that computes its own baseline.
     os.environ[DIRECTORY_ENV] = "off"
     alone = finished(job(work, "digits-w8a3.onnx", "job-c"))
