@@ -9,6 +9,7 @@ the worker, or internal.
 
 from __future__ import annotations
 
+import json
 import time
 import traceback
 from typing import Any
@@ -17,6 +18,7 @@ import numpy as np
 
 from runners.backends import ArtifactError, make_runner
 from runners import catalogue as cat
+from runners.baseline_cache import BaselineCache, baseline_key
 from runners.checks import judge
 from runners.contracts import ERROR, ArtifactSpec, CheckResult, JobResult, JobSpec, SuiteSpec
 from runners.decision import Policy, attach_evidence, decide_run, verdict_for
@@ -40,6 +42,26 @@ def run_model(artifact: ArtifactSpec, options: dict[str, Any], data: EvalData, b
         if runtime is not None:
             runtime.update(runner.describe())
         return outputs
+
+
+def baseline_outputs(spec: JobSpec, data: EvalData, provenance: dict[str, Any] | None) -> np.ndarray:
+    """The baseline's outputs on the suite's rows: made once per key on this node and reused by
+    the other candidates' jobs (with how the runner computed them); where they came from goes
+    into the provenance. Without a provenance (no digests to key on) they are computed here."""
+    options = spec.runner_options.get(spec.baseline.runner, {})
+    if provenance is None:
+        return run_model(spec.baseline, options, data, spec.batch_size)
+
+    def compute() -> dict[str, np.ndarray]:
+        runtime: dict[str, Any] = {}
+        outputs = run_model(spec.baseline, options, data, spec.batch_size, runtime)
+        return {"outputs": outputs, "runtime": np.array(json.dumps(runtime, default=str))}
+
+    key = baseline_key("classification", spec, provenance, options, spec.batch_size)
+    arrays, record = BaselineCache.from_env().fetch(key, spec.job_id, compute)
+    provenance["baseline"].setdefault("runtime", {}).update(json.loads(str(arrays["runtime"])))
+    provenance["baseline_outputs"] = record
+    return arrays["outputs"]
 
 
 def check_same_shape(spec: JobSpec, baseline: np.ndarray, candidate: np.ndarray) -> None:
@@ -99,15 +121,13 @@ def run_at_batch_sizes(spec: JobSpec, data: EvalData, provenance: dict[str, Any]
     predictions at different batch sizes; the fp32 baseline is the batch-independent reference.
     `kept`, where given, receives the outputs at the first size (the run's row outputs)."""
     options = spec.runner_options.get
-    runtime = {role: provenance[role].setdefault("runtime", {}) if provenance else None
-               for role in ("baseline", "candidate")}
-    baseline = run_model(spec.baseline, options(spec.baseline.runner, {}), data, spec.batch_size,
-                         runtime["baseline"])
+    runtime = provenance["candidate"].setdefault("runtime", {}) if provenance else None
+    baseline = baseline_outputs(spec, data, provenance)
     checks: list[CheckResult] = []
     measured: dict[tuple[str, str, str], list[float]] = {}
     for size in spec.suite.batch_sizes:
         candidate = run_model(spec.candidate_artifact, options(spec.candidate_artifact.runner, {}), data, size,
-                              runtime["candidate"])
+                              runtime)
         check_same_shape(spec, baseline, candidate)
         if kept is not None and not kept:
             kept.update(outputs=(baseline, candidate), candidate_batch_size=size)
@@ -204,13 +224,14 @@ def run_job(spec: JobSpec) -> JobResult:
                 result.checks, result.provenance["batch_spread"] = run_at_batch_sizes(spec, data, result.provenance,
                                                                                       kept)
             else:
-                outputs = [run_model(a, spec.runner_options.get(a.runner, {}), data, spec.batch_size,
-                                     result.provenance[role].setdefault("runtime", {}))
-                           for role, a in (("baseline", spec.baseline), ("candidate", spec.candidate_artifact))]
-                # (one after the other: each gets every core)
-                check_same_shape(spec, *outputs)
-                result.checks = judge_outputs(*outputs, data, spec.suite)
-                kept["outputs"] = outputs
+                # One after the other: each model gets every core.
+                baseline = baseline_outputs(spec, data, result.provenance)
+                cand = spec.candidate_artifact
+                candidate = run_model(cand, spec.runner_options.get(cand.runner, {}), data, spec.batch_size,
+                                      result.provenance["candidate"].setdefault("runtime", {}))
+                check_same_shape(spec, baseline, candidate)
+                result.checks = judge_outputs(baseline, candidate, data, spec.suite)
+                kept["outputs"] = [baseline, candidate]
             result.row_outputs = rowoutputs.classification(*kept["outputs"], data.slices, **{
                 k: v for k, v in kept.items() if k != "outputs"})
         decide_run(result.checks, spec.suite)

@@ -1,17 +1,47 @@
-"""sha256 of artifacts, data files and calibration sets (files, or folders of files)."""
+"""sha256 of artifacts, data files and calibration sets (files, or folders of files).
+
+File digests are memoised per process by (path, size, mtime, ctime, inode), so the jobs of one
+worker hash a shared baseline or data file once. A file whose change time is too recent to be
+told apart from a rewrite within the same timestamp tick is hashed again each time (the "racy"
+case git handles the same way)."""
 
 from __future__ import annotations
 
 import hashlib
+import os
+import time
+from collections import OrderedDict
 from pathlib import Path
 
+# A file changed less than this long before it was hashed is not memoised: filesystem timestamps
+# move in ticks of a few milliseconds, so a same-size rewrite inside one tick keeps its stat.
+_RACY_SECONDS = 2.0
+_MEMO: OrderedDict[tuple[str, int, int, int, int, int], str] = OrderedDict()
+_MEMO_ENTRIES = 4096
 
-def sha256_file(path: str | Path) -> str:
+
+def _hash_file(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def sha256_file(path: str | Path) -> str:
+    """sha256 of one file, memoised while its stat stays the same."""
+    stat = os.stat(path)
+    key = (os.path.abspath(path), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, stat.st_dev)
+    known = _MEMO.get(key)
+    if known is not None:
+        _MEMO.move_to_end(key)
+        return known
+    value = _hash_file(path)
+    if time.time_ns() - max(stat.st_mtime_ns, stat.st_ctime_ns) > _RACY_SECONDS * 1e9:
+        _MEMO[key] = value
+        while len(_MEMO) > _MEMO_ENTRIES:
+            _MEMO.popitem(last=False)
+    return value
 
 
 def sha256_path(path: str | Path) -> str | None:
@@ -20,10 +50,7 @@ def sha256_path(path: str | Path) -> str | None:
     if path.is_file():
         return sha256_file(path)
     if path.is_dir():
-        digest = hashlib.sha256()
-        for child in sorted(p for p in path.rglob("*") if p.is_file()):
-            digest.update(str(child.relative_to(path)).encode() + sha256_file(child).encode())
-        return digest.hexdigest()
+        return artifact_digests(path)["sha256"]  # type: ignore[return-value]
     return None
 
 

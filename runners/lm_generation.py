@@ -5,13 +5,12 @@ without keeping full-vocabulary logits for every step."""
 
 from __future__ import annotations
 
-import json
-from collections import OrderedDict
 from typing import Any
 
 from runners.backends.base import ArtifactError
 from runners import rowoutputs
 from runners.backends.recipes import recipe_record
+from runners.baseline_cache import BaselineCache, baseline_key
 from runners.behaviour import ForcedSteps, drift
 from runners.contracts import CheckResult, JobSpec
 from runners.generate import Generation
@@ -20,28 +19,16 @@ from runners.text import load_prompts
 
 RUNNER = "transformers"
 
-# Baseline outputs of recent jobs in this worker process, so the candidates of one sweep share one
-# baseline generation. Keyed by everything that decides them, the target's stack fingerprint
-# included; a few small token arrays each, the oldest dropped first.
-_BASELINE_CACHE: OrderedDict[str, tuple[Any, str]] = OrderedDict()
-_CACHE_ENTRIES = 8
-
-
-def _baseline_key(spec: JobSpec, provenance: dict[str, Any], settings: GenerationSettings,
-                  batch: int) -> str | None:
-    digest = provenance.get("baseline", {}).get("sha256")
-    data = provenance.get("suite", {}).get("data_sha256")
-    if digest is None or data is None:
-        return None
-    return json.dumps([digest, data, repr(settings), _options(spec, {}), batch,
-                       provenance.get("fingerprint", {}).get("hash")], sort_keys=True, default=str)
-
 
 def _options(spec: JobSpec, quantization: dict[str, Any]) -> dict[str, Any]:
     options = dict(spec.runner_options.get(RUNNER, {}))
     if quantization.get("recipe"):
         options["recipe"] = quantization["recipe"]
     return options
+
+
+def _arrays(made: Any) -> dict[str, Any]:
+    return {"tokens": made.tokens, "lengths": made.lengths}
 
 
 def _texts(model: Any, generation: Generation, stop: str | None) -> list[str]:
@@ -56,7 +43,7 @@ def run_lm_generation(spec: JobSpec, settings: GenerationSettings,
                       provenance: dict[str, Any]) -> tuple[list[CheckResult], dict[str, Any], dict[str, Any]]:
     """Checks, drift curves, and what the provenance should add (recipe, token counts, where the
     baseline's outputs came from)."""
-    from runners.backends.transformers_lm import CausalLM, compare_forced
+    from runners.backends.transformers_lm import CausalLM, Continuations, compare_forced
 
     if {spec.baseline.runner, spec.candidate_artifact.runner} != {RUNNER}:
         raise ArtifactError(f"a generation suite compares two {RUNNER} models or two step models, not "
@@ -71,16 +58,11 @@ def run_lm_generation(spec: JobSpec, settings: GenerationSettings,
             raise ArtifactError(f"{spec.candidate_artifact.path}: its tokenizer or chat template encodes the prompts "
                                 f"differently from the baseline's: the outputs would not be comparable")
         caps = prompts.caps(settings.max_new_tokens)
-        key = _baseline_key(spec, provenance, settings, batch)
-        if key is not None and key in _BASELINE_CACHE:
-            baseline_made, source = _BASELINE_CACHE[key]
-            _BASELINE_CACHE.move_to_end(key)
-        else:
-            baseline_made, source = base.generate(ids, caps, batch), spec.job_id
-            if key is not None:
-                _BASELINE_CACHE[key] = (baseline_made, spec.job_id)
-                while len(_BASELINE_CACHE) > _CACHE_ENTRIES:
-                    _BASELINE_CACHE.popitem(last=False)
+        # The baseline's generation is shared by the candidates of a sweep (runners/baseline_cache.py).
+        key = baseline_key("lm_generation", spec, provenance, _options(spec, {}), batch, settings)
+        arrays, source = BaselineCache.from_env().fetch(
+            key, spec.job_id, lambda: _arrays(base.generate(ids, caps, batch)))
+        baseline_made = Continuations(arrays["tokens"], arrays["lengths"])
         made = [baseline_made, cand.generate(ids, caps, batch)]
         forced = compare_forced(base, cand, ids, made[0])
         generations = [Generation(tokens=m.tokens, lengths=m.lengths, logits=None) for m in made]
@@ -91,7 +73,7 @@ def run_lm_generation(spec: JobSpec, settings: GenerationSettings,
                          for t, b, c in list(zip(texts, *outputs))[:3]]
     extra: dict[str, Any] = {"prompt_tokens": int(sum(len(i) for i in ids)),
                              "generated_tokens": [int(g.lengths.sum()) for g in generations],
-                             "baseline_outputs": {"generated_by_job": source, "reused": source != spec.job_id}}
+                             "baseline_outputs": source}
     extra["_rows"] = rowoutputs.generation(generations[0].tokens, generations[0].lengths, generations[1].tokens,
                                            generations[1].lengths, {d: prompts.column(d) for d in spec.suite.slices})
     if spec.candidate_artifact.quantization.get("recipe"):

@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -84,21 +85,25 @@ def cmd_validate(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from exc
     if not jobs:
         raise UsageError(f"nothing to validate in {args.config} for the given --target/--model")
-    ledger = Ledger(loaded.config.ledger, loaded.base_dir)
-    _log_to_file(loaded)
     dispatcher = RayDispatcher(loaded)
     show_progress = sys.stderr.isatty() and not args.json
     if show_progress:
         print(f"starting Ray and {len(jobs)} job(s)...", file=sys.stderr, flush=True)
-    dispatcher.start()
-    for sig in (signal.SIGTERM, signal.SIGINT):  # after Ray's start, which installs a handler of its own
-        signal.signal(sig, lambda number, _frame: dispatcher.stop(signal.Signals(number).name))
+    _log_to_file(loaded)
+    opening = _InBackground(lambda: Ledger(loaded.config.ledger, loaded.base_dir))  # while Ray starts
+    ledger = None
     try:
+        dispatcher.start()
+        ledger = opening.result()
+        for sig in (signal.SIGTERM, signal.SIGINT):  # after Ray's start, which installs a handler of its own
+            signal.signal(sig, lambda number, _frame: dispatcher.stop(signal.Signals(number).name))
         result = run_validation(loaded, jobs, ledger, dispatcher, progress=_progress if show_progress else None,
                                 give_up_writes_after=VALIDATE_WRITE_PATIENCE_SECONDS)
     finally:
         dispatcher.shutdown()
-        ledger.close()
+        opening.join()
+        if opening.value is not None:
+            opening.value.close()
     if dispatcher.stop_reason:
         cancelled = sum(1 for r in result.records if r.result.error and "validate stopped by" in r.result.error)
         print(f"error: validate stopped by {dispatcher.stop_reason}: {len(result.records) - cancelled} of "
@@ -115,6 +120,31 @@ def cmd_validate(args: argparse.Namespace) -> int:
         for path in write_drift_plots(doc["runs"], args.plot):
             print(f"drift plot: {path}", file=sys.stderr)
     return result.exit_code()
+
+
+class _InBackground(threading.Thread):
+    """One call on its own thread, so it overlaps Ray's start-up on the main thread (which must start
+    Ray itself: the processes Ray launches die with the thread that launched them). `result()`
+    returns what the call returned, or raises what it raised."""
+
+    def __init__(self, call: Callable[[], Any]) -> None:
+        super().__init__(name="validate-prepare", daemon=True)
+        self.call = call
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self.value = self.call()
+        except BaseException as exc:  # handed to the main thread by result()
+            self.error = exc
+
+    def result(self) -> Any:
+        self.join()
+        if self.error is not None:
+            raise self.error
+        return self.value
 
 
 def _log_to_file(loaded: LoadedConfig) -> None:

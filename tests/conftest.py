@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+# Baseline outputs cached by the tests' jobs (and Ray workers, which inherit this) stay out of the
+# user's cache directory; one directory per session, removed at exit.
+_BASELINES = tempfile.mkdtemp(prefix="revalidator-baselines-")
+os.environ["REVALIDATOR_BASELINE_CACHE"] = _BASELINES
+atexit.register(shutil.rmtree, _BASELINES, True)
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -101,10 +101,10 @@ def test_the_provenance_names_every_file_and_library(results: dict) -> None:
 
 def test_the_baseline_generates_once_per_sweep_and_the_reuse_is_named(results: dict) -> None:
     first, later = results["torchao-int8-weight-only"], results["torch-dynamic-int8"]
-    assert first.provenance["baseline_outputs"] == {"generated_by_job": "job-torchao-int8-weight-only",
-                                                    "reused": False}
-    assert later.provenance["baseline_outputs"] == {"generated_by_job": "job-torchao-int8-weight-only",
-                                                    "reused": True}
+    made, reused = first.provenance["baseline_outputs"], later.provenance["baseline_outputs"]
+    assert made["generated_by_job"] == "job-torchao-int8-weight-only" and made["reused"] is False
+    assert reused["generated_by_job"] == "job-torchao-int8-weight-only" and reused["reused"] is True
+    assert reused["key"] == made["key"] and len(made["key"]) == 64
 
 
 def test_changed_prompts_never_reuse_stale_baseline_outputs(smollm2: Path, results: dict) -> None:
