@@ -272,6 +272,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     import urllib.parse
     import urllib.request
 
+    from scheduler.access import TokenError, read_token
+
     loaded = _load(args)
     if args.target is not None and args.target not in loaded.config.targets:
         raise UsageError(f"--target {args.target!r}: no such target in {args.config}")
@@ -279,7 +281,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                                     if v})
     url = f"http://{loaded.config.daemon.listen}/sweep?{query}"
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=5) as answer:
+        token = read_token(loaded.config.daemon, loaded.base_dir)
+    except TokenError as exc:
+        raise UsageError(str(exc)) from exc
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="POST", headers=headers), timeout=5) as answer:
             print(f"sweep queued by the daemon at {loaded.config.daemon.listen}: {answer.read().decode().strip()}")
             return EXIT_PASS
     except urllib.error.HTTPError as exc:

@@ -27,6 +27,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from runners.contracts import JobSpec
+from scheduler.access import TokenError, ensure_token
 from scheduler.config import ConfigError, LoadedConfig, load_config
 from scheduler.dispatch import InfrastructureError, RayDispatcher
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -71,8 +72,15 @@ class Daemon:
         self.ledger = Ledger(cfg.ledger, self.loaded.base_dir)
         self.listener = LedgerListener(self.ledger)
         self.exporter = Exporter(self.ledger, self.snapshot)
+        settings = cfg.daemon
         try:
-            self.http = HttpServer(self.listen, self.routes(), cfg.daemon.tls)
+            token = ensure_token(settings, self.loaded.base_dir)
+        except TokenError as exc:
+            raise ConfigError([str(exc)]) from exc
+        try:
+            self.http = HttpServer(self.listen, self.routes(), settings.tls, token=token,
+                                   protected=frozenset({("POST", "/sweep")}), allowed_hosts=settings.allowed_hosts,
+                                   workers=settings.http_workers, timeout=settings.http_timeout_seconds)
         except OSError as exc:
             raise InfrastructureError(f"cannot listen on {self.listen}: {exc.strerror or exc}") from exc
         self.http.start()

@@ -1,0 +1,107 @@
+"""Fault 5: `/sweep` is open. The daemon as a real process on a real one-node Ray cluster, real HTTP.
+
+The candidates run through a runner that waits while "<artifact>.hold" exists, so that the
+first sweep's jobs are certainly queued or running while the forced sweeps arrive.
+"""
+
+from __future__ import annotations
+
+import http.client
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+from tests.scheduler.daemon_support import DaemonProcess, cluster_config, free_port, runs, wait_for
+
+pytestmark = pytest.mark.ray
+
+DEMO_FILES = ("digits-fp32.onnx", "digits-int8-dynamic.onnx", "digits-w8a3.onnx", "digits-eval.npz")
+HELD = ("digits-int8-dynamic.onnx", "digits-w8a3.onnx")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 2, "resources": {"target:a": 2}, "include_dashboard": False, "gcs_server_port": free_port()})
+    cluster.wait_for_nodes()
+    yield cluster
+    cluster.shutdown()
+
+
+@pytest.fixture
+def daemon(cluster, demo_dir: Path, tmp_path: Path):
+    demo = tmp_path / "demo"
+    demo.mkdir()
+    for name in DEMO_FILES:
+        shutil.copy(demo_dir / name, demo / name)
+    for name in HELD:
+        (demo / f"{name}.hold").touch()
+    config = cluster_config(tmp_path, demo, {"a": "target:a"}, runner="tests.plugins:HeldOnnxRunner")
+    process = DaemonProcess(config, cluster.address)
+    yield process, demo
+    for name in HELD:
+        (demo / f"{name}.hold").unlink(missing_ok=True)
+    process.close()
+
+
+def raw(listen: str, method: str, path: str, headers: dict[str, str]) -> int:
+    """A request with exactly these headers (urllib always adds its own Host)."""
+    host, port = listen.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=5)
+    conn.putrequest(method, path, skip_host=True)
+    for key, value in headers.items():
+        conn.putheader(key, value)
+    conn.endheaders()
+    status = conn.getresponse().status
+    conn.close()
+    return status
+
+
+def test_sweep_needs_the_token_and_this_host_and_a_forced_sweep_never_queues_work_twice(daemon) -> None:
+    process, demo = daemon
+    process.wait_ready()
+    config = process.config
+    # The catch-up sweep at start queues both candidates; they are held running.
+    wait_for(lambda: len(runs(config)) == 2, 60, "the catch-up sweep's two jobs")
+    token = process.token()
+    assert (config.parent / ".revalidator" / "sweep-token").stat().st_mode & 0o077 == 0  # the owner's only
+
+    # No token, a wrong one, another scheme, or a rebound host name: refused, nothing queued.
+    assert process.post("/sweep?force=1", token=None) == 401
+    assert process.post("/sweep?force=1", token="x" * 43) == 401
+    assert process.post("/sweep?force=1", token=None, headers={"Authorization": f"Basic {token}"}) == 401
+    port = process.listen.rsplit(":", 1)[1]
+    bearer = {"Authorization": f"Bearer {token}"}
+    assert raw(process.listen, "POST", "/sweep?force=1", {"Host": f"evil.example:{port}", **bearer}) == 421
+    assert raw(process.listen, "GET", "/status", {"Host": f"evil.example:{port}"}) == 421
+    assert raw(process.listen, "POST", "/sweep?force=1", bearer) == 421  # no Host at all
+    # Read-only endpoints stay open on loopback, by IP literal or localhost.
+    assert raw(process.listen, "GET", "/healthz", {"Host": f"localhost:{port}"}) == 200
+    assert raw(process.listen, "GET", "/metrics", {"Host": process.listen}) == 200
+
+    # Ten forced sweeps while both jobs are held: each one plans them and queues nothing.
+    for _ in range(10):
+        assert process.post("/sweep?force=1") == 202
+    wait_for(lambda: sum(1 for e in process.logs() if e.get("msg") == "planned"
+                         and e.get("trigger") == "manual") == 10, 60, "the ten forced sweeps to be planned")
+    forced = [e for e in process.logs() if e.get("msg") == "planned" and e.get("trigger") == "manual"]
+    assert [(e["jobs"], e["already_done"]) for e in forced] == [(0, 2)] * 10
+    assert len(runs(config)) == 2
+
+    # Let them finish: each ran once. A forced sweep now re-runs both (finished work is forced again).
+    for name in HELD:
+        (demo / f"{name}.hold").unlink()
+    wait_for(lambda: [r["status"] for r in runs(config)] == ["finished"] * 2, 90, "the held jobs")
+    cli = subprocess.run([sys.executable, "-m", "scheduler.cli", "sweep", "-c", str(config), "--force"],
+                         cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert cli.returncode == 0 and "sweep queued by the daemon" in cli.stdout, cli.stderr
+    wait_for(lambda: len([r for r in runs(config) if r["status"] == "finished"]) == 4, 90, "the forced re-runs")
+    assert sorted(r["trigger"] for r in runs(config)) == ["catch-up", "catch-up", "manual", "manual"]
+    assert process.get("/healthz")[0] == 200 and process.get("/readyz")[0] == 200
+    assert process.terminate(timeout=30)[0] == 0
