@@ -4,7 +4,8 @@ Bound to 127.0.0.1 by default. Routes are a plain table. One thread accepts conn
 waits (in a selector, holding no worker) for each to send its request line; a connection that
 sends nothing within `timeout` seconds is closed there. `GET /healthz` and `GET /readyz` then
 go to two probe threads of their own, so that liveness answers at once however many scrapes
-are waiting; everything else goes to a fixed pool of workers behind a bounded queue (full: 503).
+are waiting; everything else goes to a fixed pool of workers behind a bounded queue (a waiting
+connection costs a file descriptor, not a thread; over the bound the answer is 503).
 A worker's socket times out too, so a client that stalls mid-request frees its thread. With
 TLS, requests cannot be told apart before the handshake, so all of them share the pool.
 """
@@ -114,7 +115,8 @@ def tls_context(tls: Any) -> ssl.SSLContext:
 class HttpServer:
     def __init__(self, listen: str, routes: dict[tuple[str, str], Route], tls: Any = None, *,
                  token: str | None = None, protected: frozenset[tuple[str, str]] = frozenset(),
-                 allowed_hosts: list[str] | None = None, workers: int = 8, timeout: float = 10.0) -> None:
+                 allowed_hosts: list[str] | None = None, workers: int = 8, timeout: float = 10.0,
+                 queue_size: int = 1024) -> None:
         self.host, port = parse_listen(listen)
         self.routes, self.token, self.protected = routes, token, protected
         self.allowed_hosts = list(allowed_hosts or ())
@@ -125,7 +127,7 @@ class HttpServer:
         self.server_address = self.socket.getsockname()
         self.dropped = 0  # connections closed for sending nothing in time, or refused with a full queue
         self._stop = threading.Event()
-        self._pool: queue.Queue[tuple[socket.socket, Any] | None] = queue.Queue(maxsize=4 * workers + 64)
+        self._pool: queue.Queue[tuple[socket.socket, Any] | None] = queue.Queue(maxsize=queue_size)
         self._probes: queue.Queue[tuple[socket.socket, Any] | None] = queue.Queue(maxsize=256)
         self._threads = [threading.Thread(target=self._accept_loop, name="http", daemon=True)]
         self._threads += [threading.Thread(target=self._work, args=(self._pool,), name=f"http-worker-{i}",
