@@ -338,7 +338,8 @@ class Daemon:
         return json_response(202, {"queued": True, "target": target})
 
     def _status(self, query: dict[str, str]) -> Response:
-        return json_response(200, {"gates": self.ledger.gates(), "targets": self.ledger.target_states(),
+        gates = [gate.to_dict() for gate in compute_gates(self.ledger, self.snapshot())]  # the same as /gates
+        return json_response(200, {"gates": gates, "targets": self.ledger.target_states(),
                                    "jobs": self.dispatcher.in_flight(), "last_poll_at": self.last_poll_at})
 
 

@@ -1,4 +1,5 @@
-"""Fault 5: `/sweep` is open. The daemon as a real process on a real one-node Ray cluster, real HTTP.
+"""Faults 5 (`/sweep` is open) and 9 (two meanings of "gate"): the daemon as a real process on a real
+one-node Ray cluster, real HTTP, the CLI as a real process.
 
 The candidates run through a runner that waits while "<artifact>.hold" exists, so that the
 first sweep's jobs are certainly queued or running while the forced sweeps arrive.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import http.client
 import shutil
 import subprocess
+import json
 import sys
 from pathlib import Path
 
@@ -104,4 +106,58 @@ def test_sweep_needs_the_token_and_this_host_and_a_forced_sweep_never_queues_wor
     wait_for(lambda: len([r for r in runs(config) if r["status"] == "finished"]) == 4, 90, "the forced re-runs")
     assert sorted(r["trigger"] for r in runs(config)) == ["catch-up", "catch-up", "manual", "manual"]
     assert process.get("/healthz")[0] == 200 and process.get("/readyz")[0] == 200
+    assert process.terminate(timeout=30)[0] == 0
+
+
+def states(gates: list[dict]) -> dict[tuple[str, str, str], tuple[str, str]]:
+    return {(g["target"], g["model"], g["candidate"]): (g["state"], g["use"]) for g in gates}
+
+
+def from_gates_document(document: dict) -> list[dict]:
+    return [g for targets in document["models"].values() for gates in targets.values() for g in gates]
+
+
+def cli_status(config: Path) -> tuple[int, list[dict]]:
+    done = subprocess.run([sys.executable, "-m", "scheduler.cli", "status", "-c", str(config), "--json"],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode in (0, 1), done.stderr
+    return done.returncode, json.loads(done.stdout)["gates"]
+
+
+def test_status_cli_status_endpoint_and_gates_give_one_answer_before_and_after_a_stack_change(daemon) -> None:
+    process, demo = daemon
+    config = process.config
+    for name in HELD:
+        (demo / f"{name}.hold").unlink()
+    process.wait_ready()
+    wait_for(lambda: [r["status"] for r in runs(config)] == ["finished"] * 2, 90, "the catch-up sweep")
+
+    def answers() -> tuple[dict, dict, dict, int]:
+        code, cli = cli_status(config)
+        return (states(cli), states(process.get("/status")[1]["gates"]),
+                states(from_gates_document(process.get("/gates")[1])), code)
+    wait_for(lambda: answers()[0][("a", "digits-mlp", "int8")] == ("pass", "candidate"), 30, "the first gates")
+    cli, endpoint, gates, code = answers()
+    assert cli == endpoint == gates == {("a", "digits-mlp", "int8"): ("pass", "candidate"),
+                                        ("a", "digits-mlp", "w8a3"): ("fail", "baseline")}
+    assert code == 1  # one gate serves the baseline
+
+    # A stack change whose re-validation is held running: every source says unknown, baseline.
+    for name in HELD:
+        (demo / f"{name}.hold").touch()
+    (config.parent / "firmware-a").write_text("2.0\n")
+    wait_for(lambda: len(runs(config)) == 4, 60, "the stack change to be planned")
+    wait_for(lambda: answers()[0][("a", "digits-mlp", "int8")][0] == "unknown", 30, "the gate to go stale")
+    cli, endpoint, gates, code = answers()
+    assert cli == endpoint == gates == {("a", "digits-mlp", "int8"): ("unknown", "baseline"),
+                                        ("a", "digits-mlp", "w8a3"): ("unknown", "baseline")}
+    assert code == 1
+    # The ledger's latest run per (target, model, candidate) still says pass: the old meaning of status.
+    assert {r["candidate"]: r["verdict"] for r in runs(config) if r["status"] == "finished"}["int8"] == "pass"
+
+    for name in HELD:
+        (demo / f"{name}.hold").unlink()
+    wait_for(lambda: answers()[0][("a", "digits-mlp", "int8")] == ("pass", "candidate"), 90, "the re-validation")
+    cli, endpoint, gates, _ = answers()
+    assert cli == endpoint == gates
     assert process.terminate(timeout=30)[0] == 0
