@@ -1,20 +1,23 @@
 """A bounded soak of the daemon: 16 targets on a local Ray, stack changes, scrapes, ledger locks, a worker kill.
 
 Real processes on 127.0.0.1: a one-node Ray cluster whose node offers 16 custom resources (one per
-target, so each target's jobs are pinned), and `revalidator daemon` connected to it, over the demo
+target, so each target's jobs are pinned) and 2 CPUs, keeping up to 32 idle workers warm (Ray's
+default keeps as many as CPUs: every poll's 16 probes would start 14 workers anew, which on a
+small loaded machine outlasts the probe timeout), and `revalidator daemon` connected to it, over the demo
 digits model (one int8 candidate, so one job per target and stack). Each target declares a file
-probe (its "firmware" version); one target's file is rewritten every `--change-every` seconds,
-which the daemon sees at its next poll (1 s) as a stack change. Meanwhile /metrics is scraped 20
-times a second, 200 clients scrape it at once every `--burst-every` seconds, /healthz is asked
-every 100 ms, a second process holds `BEGIN EXCLUSIVE` on the ledger for 4 s three times, and one
-Ray worker is killed (SIGKILL) in the middle of a job. Then the changes stop, the daemon finishes
+probe (its "firmware" version); one target's file is rewritten every `--change-every` seconds
+(6), which the daemon sees at its next poll (`--poll`, 5 s; a probe gets that long) as a stack change.
+Meanwhile /metrics is scraped 20 times a second, 200 clients scrape it at once every
+`--burst-every` seconds (30), /healthz is asked every 100 ms, a second process holds
+`BEGIN EXCLUSIVE` on the ledger for 4 s three times, and one Ray worker is killed (SIGKILL) in the
+middle of a job. Then the changes stop, the daemon finishes
 its queue and is stopped by SIGTERM.
 
 Counted from the ledger afterwards: jobs done; results lost (runs left unfinished or ended in error,
 and gates still `unknown`: a current job key without a result); duplicates (a job key finished more
 than once, or a result row stored twice; nothing here forces a re-run, so each key runs once).
 
-Usage: python benchmarks/soak.py [--seconds 300]
+Usage: python benchmarks/soak.py [--seconds 300] [--poll 5]
 Last line: {"metric": "soak", "jobs_done": ..., "results_lost": 0, "duplicates": 0, ..., "ok": ...}
 """
 
@@ -54,11 +57,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def write_config(work: Path, demo: Path, port: int) -> Path:
+def write_config(work: Path, demo: Path, port: int, poll: float) -> Path:
     lines = [f"""version: 1
 ledger: sqlite:///{work / 'ledger.db'}
 ray: {{job_timeout_seconds: 300, unschedulable_after_seconds: 120, max_attempts: 3, retry_backoff_seconds: 0.5}}
-schedule: {{poll_interval_seconds: 1, nightly: "0 2 * * *"}}
+schedule: {{poll_interval_seconds: {poll:g}, nightly: "0 2 * * *"}}
 daemon: {{listen: "127.0.0.1:{port}", drain_seconds: 10, log_format: json}}
 targets:"""]
     for name in TARGETS:
@@ -186,8 +189,9 @@ def quiet(base: str, ledger: Path, timeout: float) -> bool:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=300)
-    parser.add_argument("--change-every", type=float, default=3)
+    parser.add_argument("--change-every", type=float, default=6)
     parser.add_argument("--burst-every", type=float, default=30)
+    parser.add_argument("--poll", type=float, default=5, help="the daemon's poll interval, also each probe's timeout")
     args = parser.parse_args()
     from ray.cluster_utils import Cluster
 
@@ -198,10 +202,11 @@ def main() -> int:
     demo.mkdir()
     build(demo, llm=False)
     port = free_port()
-    config = write_config(work, demo, port)
+    config = write_config(work, demo, port, args.poll)
     base, ledger = f"http://127.0.0.1:{port}", work / "ledger.db"
     cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 2, "resources": {f"target:{t}": 1 for t in TARGETS}, "include_dashboard": False})
+        "num_cpus": 2, "resources": {f"target:{t}": 1 for t in TARGETS}, "include_dashboard": False,
+        "_system_config": {"num_workers_soft_limit": 2 * len(TARGETS)}})
     cluster.wait_for_nodes()
     env = {**os.environ, "RAY_ADDRESS": cluster.address, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
     log = open(work / "daemon.log", "w")

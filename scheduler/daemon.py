@@ -130,6 +130,12 @@ class Daemon:
                 diff = self.ledger.record_fingerprint(target, stack)
                 if self._keys_from.get(target) != stack["hash"]:  # a change, or a first look at a target
                     stale = True
+                if not diff and self.ready and target not in self._keys_from:
+                    # First seen after start-up (unreachable until now): what was planned for it used
+                    # no stack, so its gates would stay unknown until the nightly sweep. Plan it now;
+                    # job keys already validated on this stack are skipped as usual.
+                    diff = {k: (None, v) for k, v in stack["components"].items()}
+                    log.info("first look at a target", extra={"fields": {"target": target}})
                 if diff:
                     log.info("stack changed", extra={"fields": {"target": target, "diff": diff}})
                     self.events.put(StackChanged(target, diff))

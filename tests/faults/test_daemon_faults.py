@@ -161,3 +161,33 @@ def test_status_cli_status_endpoint_and_gates_give_one_answer_before_and_after_a
     cli, endpoint, gates, _ = answers()
     assert cli == endpoint == gates
     assert process.terminate(timeout=30)[0] == 0
+
+
+def test_a_target_first_seen_after_start_up_is_validated_on_its_stack_not_left_unknown(cluster, demo_dir: Path,
+                                                                                      tmp_path: Path) -> None:
+    hold = tmp_path / "probe.hold"
+    hold.touch()
+    config = cluster_config(tmp_path, demo_dir, {"a": "target:a"})
+    # A command probe that hangs while the hold file exists: the start-up look at the target times out.
+    probe = f'probes: {{firmware: {{command: [sh, -c, "while [ -e {hold} ]; do sleep 0.1; done; echo 1.0"], ' \
+            'timeout_seconds: 120}}'
+    text = config.read_text()
+    config.write_text(text.replace(text[text.index("probes: {firmware: {file:"):].split("\n")[0], probe))
+    process = DaemonProcess(config, cluster.address)
+    try:
+        process.wait_ready(timeout=120)
+        unreachable = [e for e in process.logs() if e.get("msg") == "target unreachable"]
+        assert unreachable and unreachable[0]["target"] == "a"
+        wait_for(lambda: len(runs(config)) == 2, 60, "the catch-up sweep, planned without a's stack")
+        hold.unlink()
+        # The first successful probe plans a's jobs on its stack; every gate ends decided, none unknown.
+        wait_for(lambda: [r["trigger"] for r in runs(config) if r["status"] == "finished"].count("stack-change") == 2,
+                 120, "a's jobs on its probed stack")
+        gates = states(from_gates_document(process.get("/gates")[1]))
+        assert gates == {("a", "digits-mlp", "int8"): ("pass", "candidate"),
+                         ("a", "digits-mlp", "w8a3"): ("fail", "baseline")}
+        assert any(e.get("msg") == "first look at a target" for e in process.logs())
+        assert process.terminate(timeout=30)[0] == 0
+    finally:
+        hold.unlink(missing_ok=True)
+        process.close()
