@@ -186,20 +186,38 @@ def _when(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts)) if ts else "-"
 
 
+def current_gates(loaded: LoadedConfig, ledger: Any) -> list:
+    """The gates as the daemon's /gates decides them: against the job keys of the current stacks (the
+    ledger's latest fingerprints), artifacts and checks, so that a change not yet re-validated is unknown."""
+    from scheduler.exporter import Snapshot, compute_gates
+    from scheduler.gates import current_keys
+    from scheduler.planning import Planner
+
+    keys = current_keys(Planner(loaded).jobs("current", ledger.latest_fingerprints()))
+    return compute_gates(ledger, Snapshot(loaded=loaded, keys=keys))
+
+
+def gates_exit_code(gates: list) -> int:
+    """0 only when every gate serves its candidate; 1 when any serves the baseline (failed, unknown or
+    pending, insufficient, error, or inconclusive under a blocking policy)."""
+    return EXIT_PASS if gates and all(g.use == "candidate" for g in gates) else EXIT_GATE_FAILED
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    gates = _ledger(args).gates()
+    loaded = _load(args, check_files=False)
+    ledger = _ledger(args)
+    try:
+        gates = current_gates(loaded, ledger)
+    finally:
+        ledger.close()
     if args.json:
-        _print_json({"version": 1, "gates": gates})
-    elif not gates:
-        print("no finished runs in the ledger yet")
+        _print_json({"version": 1, "gates": [g.to_dict() for g in gates]})
     else:
-        print(f"{'model':20} {'candidate':22} {'target':14} {'gate':13} {'finished (UTC)':20} run")
+        print(f"{'model':20} {'candidate':22} {'target':14} {'gate':13} {'serves':9} {'last run (UTC)':20} reason")
         for g in gates:
-            print(f"{g['model']:20} {g['candidate']:22} {g['target']:14} {g['verdict'] or 'error':13} "
-                  f"{_when(g['finished_at']):20} {g['run_id'][:8]}")
-    if not gates:
-        return EXIT_PASS
-    return EXIT_PASS if all(g["verdict"] == "pass" for g in gates) else EXIT_GATE_FAILED
+            print(f"{g.model:20} {g.candidate:22} {g.target:14} {g.state:13} {g.use:9} {_when(g.last_run_at):20} "
+                  f"{g.reason}")
+    return gates_exit_code(gates)
 
 
 def cmd_history(args: argparse.Namespace) -> int:
@@ -302,6 +320,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     import urllib.parse
     import urllib.request
 
+    from scheduler.access import TokenError, read_token
+
     loaded = _load(args)
     if args.target is not None and args.target not in loaded.config.targets:
         raise UsageError(f"--target {args.target!r}: no such target in {args.config}")
@@ -309,7 +329,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                                     if v})
     url = f"http://{loaded.config.daemon.listen}/sweep?{query}"
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=5) as answer:
+        token = read_token(loaded.config.daemon, loaded.base_dir)
+    except TokenError as exc:
+        raise UsageError(str(exc)) from exc
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="POST", headers=headers), timeout=5) as answer:
             print(f"sweep queued by the daemon at {loaded.config.daemon.listen}: {answer.read().decode().strip()}")
             return EXIT_PASS
     except urllib.error.HTTPError as exc:

@@ -27,6 +27,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from runners.contracts import JobSpec
+from scheduler.access import TokenError, ensure_token
 from scheduler.config import ConfigError, LoadedConfig, load_config
 from scheduler.dispatch import InfrastructureError, RayDispatcher
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -71,8 +72,15 @@ class Daemon:
         self.ledger = Ledger(cfg.ledger, self.loaded.base_dir)
         self.listener = LedgerListener(self.ledger)
         self.exporter = Exporter(self.ledger, self.snapshot)
+        settings = cfg.daemon
         try:
-            self.http = HttpServer(self.listen, self.routes(), cfg.daemon.tls)
+            token = ensure_token(settings, self.loaded.base_dir)
+        except TokenError as exc:
+            raise ConfigError([str(exc)]) from exc
+        try:
+            self.http = HttpServer(self.listen, self.routes(), settings.tls, token=token,
+                                   protected=frozenset({("POST", "/sweep")}), allowed_hosts=settings.allowed_hosts,
+                                   workers=settings.http_workers, timeout=settings.http_timeout_seconds)
         except OSError as exc:
             raise InfrastructureError(f"cannot listen on {self.listen}: {exc.strerror or exc}") from exc
         self.http.start()
@@ -122,6 +130,12 @@ class Daemon:
                 diff = self.ledger.record_fingerprint(target, stack)
                 if self._keys_from.get(target) != stack["hash"]:  # a change, or a first look at a target
                     stale = True
+                if not diff and self.ready and target not in self._keys_from:
+                    # First seen after start-up (unreachable until now): what was planned for it used
+                    # no stack, so its gates would stay unknown until the nightly sweep. Plan it now;
+                    # job keys already validated on this stack are skipped as usual.
+                    diff = {k: (None, v) for k, v in stack["components"].items()}
+                    log.info("first look at a target", extra={"fields": {"target": target}})
                 if diff:
                     log.info("stack changed", extra={"fields": {"target": target, "diff": diff}})
                     self.events.put(StackChanged(target, diff))
@@ -330,7 +344,8 @@ class Daemon:
         return json_response(202, {"queued": True, "target": target})
 
     def _status(self, query: dict[str, str]) -> Response:
-        return json_response(200, {"gates": self.ledger.gates(), "targets": self.ledger.target_states(),
+        gates = [gate.to_dict() for gate in compute_gates(self.ledger, self.snapshot())]  # the same as /gates
+        return json_response(200, {"gates": gates, "targets": self.ledger.target_states(),
                                    "jobs": self.dispatcher.in_flight(), "last_poll_at": self.last_poll_at})
 
 

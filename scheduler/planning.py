@@ -216,7 +216,8 @@ class Planner:
 
     def plan(self, event: Event, fingerprints: dict[str, dict],
              known_keys: Callable[[list[str]], set[str]]) -> Plan:
-        """The jobs an event calls for, less those whose key already has a result (unless forced)."""
+        """The jobs an event calls for, less those `known_keys` names: queued, running, or (unless the
+        caller forces it) done."""
         if isinstance(event, StackChanged):
             jobs = self.jobs(event.trigger, fingerprints, target=event.target, changed=event.diff)
         elif isinstance(event, Manual):
@@ -226,8 +227,9 @@ class Planner:
         else:
             raise TypeError(f"unknown event {event!r}")
         unique = list({j.job_key: j for j in jobs}.values())
-        if isinstance(event, Manual) and event.force:
-            return Plan(unique)
+        # Forced or not, `known_keys` is asked: a forced plan's caller leaves out finished work
+        # from what it answers, never what is queued or running, so a forced sweep repeated
+        # ten times queues each job once.
         known = known_keys([j.job_key for j in unique])
         return Plan([j for j in unique if j.job_key not in known], skipped_known=len(known))
 

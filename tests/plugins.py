@@ -116,3 +116,19 @@ class IsaOnnxRunner(Runner):
 
     def _release(self) -> None:
         del self._session
+
+
+class HeldOnnxRunner(SlowOnnxRunner):
+    """onnxruntime that waits while "<artifact>.hold" exists: a job kept running until the test lets it go."""
+
+    name = "held-onnxruntime"
+
+    def _load(self) -> None:
+        import time
+        from pathlib import Path
+
+        hold = Path(str(self.path) + ".hold")
+        deadline = time.monotonic() + 300  # a forgotten hold file must not hang a worker for ever
+        while hold.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self._inner.activate()

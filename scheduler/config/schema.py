@@ -310,6 +310,13 @@ class DaemonSettings(Strict):
     drain_seconds: float = Field(default=20, ge=0)  # on SIGTERM: finish in-flight jobs this long, then cancel
     log_format: Literal["json", "text"] = "json"
     tls: Tls | None = None
+    # POST /sweep needs "Authorization: Bearer <token>": the token is $REVALIDATOR_SWEEP_TOKEN, else this
+    # file's first line (relative to the config's folder); the daemon creates the file (mode 0600) if missing.
+    sweep_token_file: str = ".revalidator/sweep-token"
+    # Host header values accepted besides IP literals, localhost and the listen host (DNS rebinding).
+    allowed_hosts: list[str] = Field(default_factory=list)
+    http_workers: int = Field(default=8, ge=1, le=256)  # threads serving requests (probes have their own two)
+    http_timeout_seconds: float = Field(default=10, gt=0, le=300)  # a client that sends nothing this long is dropped
 
 
 class Config(Strict):

@@ -70,7 +70,8 @@ def test_lint_strict(tmp_path: Path, values: tuple[str, ...]) -> None:
 def test_core_objects_pass_kubernetes_validate_strict(tmp_path: Path, values: tuple[str, ...]) -> None:
     docs = render(tmp_path, *values)
     core = [d for d in docs if d["apiVersion"] in ("v1", "apps/v1", "networking.k8s.io/v1")]
-    assert {d["kind"] for d in core} == {"ConfigMap", "Service", "ServiceAccount", "StatefulSet", "NetworkPolicy"}
+    assert {d["kind"] for d in core} == {"ConfigMap", "Secret", "Service", "ServiceAccount", "StatefulSet",
+                                        "NetworkPolicy"}
     path = tmp_path / "core.yaml"
     path.write_text(yaml.safe_dump_all(core))
     validator = Path(sys.executable).parent / "kubernetes-validate"
@@ -159,6 +160,25 @@ def test_secure_defaults(tmp_path: Path) -> None:
     assert not by_kind(docs, "Role") and not by_kind(docs, "RoleBinding")
     for group in by_kind(docs, "RayCluster")[0]["spec"]["workerGroupSpecs"]:
         assert group["template"]["spec"]["containers"][0]["securityContext"]["runAsNonRoot"]
+
+
+def test_sweep_token_is_generated_in_a_secret_mounted_where_the_config_reads_it(tmp_path: Path) -> None:
+    import base64
+
+    docs = render(tmp_path)
+    secret = next(d for d in by_kind(docs, "Secret") if d["metadata"]["name"] == "rv-revalidator-sweep-token")
+    assert len(base64.b64decode(secret["data"]["token"])) == 48
+    pod = by_kind(docs, "StatefulSet")[0]["spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v.get("secret", {}).get("secretName") == secret["metadata"]["name"])
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == volume["name"])
+    config = rendered_config(docs, tmp_path).config
+    assert config.daemon.sweep_token_file == f"{mount['mountPath']}/token" and mount["readOnly"]
+    assert "rv-revalidator.default.svc" in config.daemon.allowed_hosts
+    # An existing Secret instead: none generated, that one mounted.
+    docs = render(tmp_path, sets=("daemon.sweepTokenSecret=my-token",))
+    assert not [d for d in by_kind(docs, "Secret") if d["metadata"]["name"].endswith("sweep-token")]
+    pod = by_kind(docs, "StatefulSet")[0]["spec"]["template"]["spec"]
+    assert {"secretName": "my-token", "defaultMode": 0o400} in [v.get("secret") for v in pod["volumes"]]
 
 
 def test_ray_auth_token_reaches_the_daemon_and_every_node(tmp_path: Path) -> None:

@@ -17,9 +17,9 @@ from tests.e2e.observability import free_port, wait_for  # noqa: F401 (re-export
 
 
 def cluster_config(tmp: Path, demo: Path, targets: dict[str, str], *, slow: bool = False, poll: float = 2,
-                   extra: str = "") -> Path:
+                   extra: str = "", runner: str | None = None, daemon_extra: str = "") -> Path:
     """Targets pinned by custom resource, each with a firmware file probe, over the demo models."""
-    runner = "tests.plugins:SlowOnnxRunner" if slow else "onnxruntime"
+    runner = runner or ("tests.plugins:SlowOnnxRunner" if slow else "onnxruntime")
     target_lines = []
     for name, resource in targets.items():
         firmware = tmp / f"firmware-{name}"
@@ -35,7 +35,7 @@ def cluster_config(tmp: Path, demo: Path, targets: dict[str, str], *, slow: bool
 ledger: sqlite:///{tmp / 'ledger.db'}
 ray: {{job_timeout_seconds: 120, unschedulable_after_seconds: 6, max_attempts: 3, retry_backoff_seconds: 0.5}}
 schedule: {{poll_interval_seconds: {poll}, nightly: "0 2 * * *"}}
-daemon: {{listen: "127.0.0.1:{free_port()}", drain_seconds: 3, log_format: json}}
+daemon: {{listen: "127.0.0.1:{free_port()}", drain_seconds: 3, log_format: json{daemon_extra}}}
 targets:
 {chr(10).join(target_lines)}
 models:
@@ -87,10 +87,20 @@ class DaemonProcess:
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read() or b"{}")
 
-    def post(self, path: str) -> int:
-        request = urllib.request.Request(f"http://{self.listen}{path}", method="POST")
-        with urllib.request.urlopen(request, timeout=2) as answer:
-            return answer.status
+    def token(self) -> str:
+        """The sweep token the daemon wrote beside its config at start."""
+        return (self.config.parent / ".revalidator" / "sweep-token").read_text().strip()
+
+    def post(self, path: str, token: str | None = "", headers: dict[str, str] | None = None) -> int:
+        """POST with the daemon's own token (by default), another one, or none (`token=None`)."""
+        token = self.token() if token == "" else token
+        sent = {**({"Authorization": f"Bearer {token}"} if token is not None else {}), **(headers or {})}
+        request = urllib.request.Request(f"http://{self.listen}{path}", method="POST", headers=sent)
+        try:
+            with urllib.request.urlopen(request, timeout=2) as answer:
+                return answer.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
 
     def wait_ready(self, timeout: float = 60) -> None:
         def ready() -> bool:

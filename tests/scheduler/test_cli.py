@@ -81,7 +81,7 @@ class TestValidate:
         assert "FAIL" in table_row
         # the ledger now answers status and history
         code, out, _ = run_cli(capsys, "status", "-c", str(path), "--json")
-        gates = {g["candidate"]: g["verdict"] for g in json.loads(out)["gates"]}
+        gates = {g["candidate"]: g["state"] for g in json.loads(out)["gates"]}
         assert code == 1 and gates == {"ort-int8-dynamic": "pass", "ort-w8a3": "fail"}
         code, out, _ = run_cli(capsys, "history", "-c", str(path))
         assert code == 0 and len(out.strip().splitlines()) == 2

@@ -57,3 +57,8 @@ seccompProfile:
       key: token
 {{- end }}
 {{- end -}}
+
+{{/* The Secret holding POST /sweep's bearer token (key "token"): the chart's own, or daemon.sweepTokenSecret. */}}
+{{- define "revalidator.sweepTokenSecret" -}}
+{{- default (printf "%s-sweep-token" (include "revalidator.fullname" .)) .Values.daemon.sweepTokenSecret -}}
+{{- end -}}
