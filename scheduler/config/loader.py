@@ -122,7 +122,7 @@ def _message(error: dict[str, Any], path: Path_) -> str:
 
 
 # Runners whose artifact is one file; others (plugins, model folders) may be given a directory.
-FILE_RUNNERS = frozenset({"onnxruntime", "torch", "tensorrt"})
+FILE_RUNNERS = frozenset({"onnxruntime", "torch", "tensorrt", "openai"})  # openai: its endpoint descriptor
 
 
 def unusable_path(path: str, file_only: bool) -> str | None:
