@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from contextlib import ExitStack
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -50,15 +51,20 @@ class _Vocabulary:
 
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
-        self.ids: dict[str, int] = {}
+
+    @cached_property
+    def ids(self) -> dict[str, int]:
+        """Each single-token text -> its id (built on first use: one decode per vocabulary entry)."""
+        ids: dict[str, int] = {}
         ambiguous: set[str] = set()
-        for i in range(len(tokenizer)):
+        for i in range(len(self.tokenizer)):
             piece = self.piece(i)
-            if piece in self.ids:
+            if piece in ids:
                 ambiguous.add(piece)
-            self.ids.setdefault(piece, i)
+            ids.setdefault(piece, i)
         for piece in ambiguous:  # several ids print the same (partial bytes): none is named
-            del self.ids[piece]
+            del ids[piece]
+        return ids
 
     def piece(self, token_id: int) -> str:
         return self.tokenizer.decode([int(token_id)], clean_up_tokenization_spaces=False)

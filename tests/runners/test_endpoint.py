@@ -46,7 +46,9 @@ def served(smollm2: Path, tmp_path_factory: pytest.TempPathFactory):
     model, port = str(smollm2 / "smollm2-fp32"), _free_port()
     tmp = tmp_path_factory.mktemp("serve")
     (tmp / "hub").mkdir()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp / "hub"), "TRANSFORMERS_VERBOSITY": "error"}
+    # One thread: on a busy 2-core machine a server spinning on two threads ran 3x slower per request.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp / "hub"), "TRANSFORMERS_VERBOSITY": "error",
+           "OMP_NUM_THREADS": "1"}
     log = (tmp / "serve.log").open("w")
     process = subprocess.Popen([sys.executable, "-c", "from transformers.cli.transformers import main; main()",
                                 "serve", model, "--host", "127.0.0.1", "--port", str(port), "--device", "cpu",
@@ -84,18 +86,20 @@ def descriptor(folder: Path, name: str, base_url: str, model: str, **options) ->
     return str(path)
 
 
-def suite(folder: Path) -> SuiteSpec:
+def suite(folder: Path, prompts: int = 4, max_new_tokens: int = 24) -> SuiteSpec:
     from examples import smollm2 as demo
 
     path = folder / "endpoint-prompts.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in demo.prompts(per_category=1)))  # 4 prompts
+    rows = demo.prompts(per_category=1)[:prompts]  # json, short answer, a request, long prose
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return SuiteSpec("llm-endpoint", str(path), "generation", ("category", "intent"), CHECKS, min_slice_size=1,
-                     generation={"max_new_tokens": 24, "stop": None, "curve_positions": [8, 16, 24]})
+                     generation={"max_new_tokens": max_new_tokens, "stop": None, "curve_positions": [8, 16, 24]})
 
 
-def job(folder: Path, baseline: ArtifactSpec, candidate_path: str, job_id: str) -> JobSpec:
+def job(folder: Path, baseline: ArtifactSpec, candidate_path: str, job_id: str, prompts: int = 4,
+        max_new_tokens: int = 24) -> JobSpec:
     candidate = ArtifactSpec(candidate_path, "openai", {"method": "served", "weight_bits": 32})
-    return JobSpec(job_id, "local", "smollm2", "served", baseline, candidate, suite(folder),
+    return JobSpec(job_id, "local", "smollm2", "served", baseline, candidate, suite(folder, prompts, max_new_tokens),
                    runner_options={"transformers": {"batch_size": 4}})
 
 
@@ -140,7 +144,7 @@ def test_the_provenance_records_what_the_server_said(against_baseline, served) -
 def test_two_endpoints_compare_their_texts_word_by_word(served, tmp_path: Path) -> None:
     base_url, model = served
     spec = job(tmp_path, ArtifactSpec(descriptor(tmp_path, "a", base_url, model), "openai"),
-               descriptor(tmp_path, "b", base_url, model, concurrency=2), "job-two")
+               descriptor(tmp_path, "b", base_url, model, concurrency=2), "job-two", prompts=2, max_new_tokens=12)
     result = run_job(spec)
     assert result.status == "finished", result.error
     assert result.provenance["drift"]["units"] == "words (no tokenizer on either side)"
@@ -210,3 +214,32 @@ def test_a_descriptor_with_an_unknown_key_or_no_model_is_named(tmp_path: Path) -
     good = tmp_path / "good.yaml"
     good.write_text("base_url: http://127.0.0.1:1/v1/\nmodel: m\ntop_logprobs: 0\n")
     assert Endpoint.load(good).base_url == "http://127.0.0.1:1/v1" and Endpoint.load(good).top_logprobs == 0
+
+
+def test_top_logprobs_of_the_same_model_give_zero_kl_and_full_top1_agreement(smollm2: Path) -> None:
+    """The step comparison on real numbers: what a server serving the baseline itself would return
+    (its own greedy tokens and top-5 logprobs, taken here from the local model) against the
+    teacher-forced baseline."""
+    pytest.importorskip("transformers", reason="the llm extra is not installed (pip install -e '.[llm]')")
+    from runners.backends.openai_endpoint import Completion, EndpointClient
+    from runners.backends.transformers_lm import CausalLM
+    from runners.lm_endpoint import _Side, _steps, _Vocabulary
+
+    with CausalLM(smollm2 / "smollm2-fp32", {}) as lm:
+        ids = lm.encode_prompts(["What is the capital of France? Answer with one word."], True, None)
+        made = lm.generate(ids, [12], 1)
+        continuation = [int(i) for i in made.tokens[0][:made.lengths[0]] if int(i) != lm.eos_id]
+        log_probs = lm.forced_log_probs(ids[0], np.array(continuation))
+        vocabulary = _Vocabulary(lm.tokenizer)
+        pieces = [vocabulary.piece(i) for i in continuation]
+        top = [{vocabulary.piece(int(j)): float(log_probs[t, j]) for j in log_probs[t].topk(5).indices}
+               for t in range(len(continuation))]
+        local, endpoint = _Side("baseline", "transformers", "here"), _Side("candidate", "openai", "there")
+        local.local = lm
+        endpoint.client = EndpointClient(Endpoint(path="there", base_url="http://127.0.0.1:9/v1", model="m"))
+        endpoint.completions = [Completion(text="".join(pieces), finish_reason="stop", prompt_tokens=len(ids[0]),
+                                           model="m", tokens=pieces, top=top)]
+        forced, method = _steps(local, endpoint, vocabulary, ids, local_is_baseline=True)
+    assert len(forced.kl[0]) == len(continuation) > 2
+    assert forced.kl[0].max() < 1e-5 and forced.top1[0].all()
+    assert method["prompts_without_token_ids"] == 0 and "lower bound" in method["method"]
