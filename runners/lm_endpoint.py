@@ -178,6 +178,8 @@ def _steps(local: _Side, endpoint: _Side, vocabulary: _Vocabulary, prompt_ids: l
     kl_rows, top1_rows, unnamed, tokens_dropped = [], [], 0, 0
     for prompt, completion in zip(prompt_ids, endpoint.completions):
         ids = vocabulary.ids_of(completion.text, completion.tokens or []) if completion.tokens else []
+        if ids and len(completion.top or []) != len(ids):  # a step without its alternatives: unmeasured, not 0
+            ids = None
         if not ids:
             unnamed += ids is None
             kl_rows.append(np.zeros(0))
@@ -202,7 +204,7 @@ def _steps(local: _Side, endpoint: _Side, vocabulary: _Vocabulary, prompt_ids: l
                         f"{'endpoint' if local_is_baseline else 'baseline'}) over the endpoint's top-{k} tokens "
                         f"plus one bucket for the rest: a lower bound on the full-vocabulary KL; top-1 agreement "
                         f"exact (the endpoint's greedy token against the local argmax)",
-              "prompts_without_token_ids": unnamed, "alternatives_without_token_ids": tokens_dropped}
+              "prompts_without_token_ids": unnamed,  # their steps are left out, never counted as agreeing "alternatives_without_token_ids": tokens_dropped}
     return ForcedSteps(kl_rows, top1_rows), method
 
 
@@ -263,8 +265,9 @@ def run_endpoint_generation(spec: JobSpec, settings: GenerationSettings, provena
             quantization = spec.candidate_artifact.quantization if local.role == "candidate" else {}
             local.local = stack.enter_context(CausalLM(local.path, _local_options(spec, quantization)))
             prompt_ids = local.local.encode_prompts(texts, settings.chat_template, settings.system_prompt)
-            extra["baseline_outputs"] = {"generated_by_job": (source := _local_generate(
-                spec, local, prompt_ids, caps, settings, provenance)), "reused": source != spec.job_id}
+            source = _local_generate(spec, local, prompt_ids, caps, settings, provenance)
+            if local.role == "baseline":
+                extra["baseline_outputs"] = {"generated_by_job": source, "reused": source != spec.job_id}
             vocabulary = _Vocabulary(local.local.tokenizer)
             endpoint = next(s for s in pair if s.client is not None)
             sizes = [c.prompt_tokens for c in endpoint.completions]
