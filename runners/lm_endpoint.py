@@ -204,7 +204,8 @@ def _steps(local: _Side, endpoint: _Side, vocabulary: _Vocabulary, prompt_ids: l
                         f"{'endpoint' if local_is_baseline else 'baseline'}) over the endpoint's top-{k} tokens "
                         f"plus one bucket for the rest: a lower bound on the full-vocabulary KL; top-1 agreement "
                         f"exact (the endpoint's greedy token against the local argmax)",
-              "prompts_without_token_ids": unnamed,  # their steps are left out, never counted as agreeing "alternatives_without_token_ids": tokens_dropped}
+              # their steps are left out, never counted as agreeing
+              "prompts_without_token_ids": unnamed, "alternatives_without_token_ids": tokens_dropped}
     return ForcedSteps(kl_rows, top1_rows), method
 
 
