@@ -110,24 +110,30 @@ def _local_options(spec: JobSpec, quantization: dict[str, Any]) -> dict[str, Any
 
 
 def _local_generate(spec: JobSpec, side: _Side, ids: list[list[int]], caps: list[int], settings: GenerationSettings,
-                    provenance: dict[str, Any]) -> str:
-    """Generate with the local model; a baseline reuses the outputs of an earlier job in this worker."""
-    from runners.lm_generation import _BASELINE_CACHE, _CACHE_ENTRIES, _baseline_key, _texts
+                    provenance: dict[str, Any]) -> dict[str, Any] | None:
+    """Generate with the local model; a baseline's outputs come from (and go to) the node's baseline
+    cache under the transformers family's key, so endpoint and local candidates share them. Returns
+    the cache's provenance record for a baseline."""
+    from runners.backends.transformers_lm import Continuations
+    from runners.baseline_cache import BaselineCache, baseline_key
+    from runners.lm_generation import _texts
 
     batch = int(spec.runner_options.get("transformers", {}).get("batch_size") or 8)
-    key = _baseline_key(spec, provenance, settings, batch) if side.role == "baseline" else None
-    if key is not None and key in _BASELINE_CACHE:
-        side.generated, source = _BASELINE_CACHE[key]
-        _BASELINE_CACHE.move_to_end(key)
+    record = None
+    if side.role == "baseline":
+        key = baseline_key("lm_generation", spec, provenance, _local_options(spec, {}), batch, settings)
+        made = side.local.generate
+        arrays, record = BaselineCache.from_env().fetch(key, spec.job_id, lambda: _arrays(made(ids, caps, batch)))
+        side.generated = Continuations(arrays["tokens"], arrays["lengths"])
     else:
-        side.generated, source = side.local.generate(ids, caps, batch), spec.job_id
-        if key is not None:
-            _BASELINE_CACHE[key] = (side.generated, spec.job_id)
-            while len(_BASELINE_CACHE) > _CACHE_ENTRIES:
-                _BASELINE_CACHE.popitem(last=False)
-    made = Generation(tokens=side.generated.tokens, lengths=side.generated.lengths, logits=None)
-    side.texts = _texts(side.local, made, settings.stop)
-    return source
+        side.generated = side.local.generate(ids, caps, batch)
+    made_ = Generation(tokens=side.generated.tokens, lengths=side.generated.lengths, logits=None)
+    side.texts = _texts(side.local, made_, settings.stop)
+    return record
+
+
+def _arrays(made: Any) -> dict[str, Any]:
+    return {"tokens": made.tokens, "lengths": made.lengths}
 
 
 def _local_pieces(side: _Side, vocabulary: _Vocabulary, row: int) -> list[str]:
@@ -266,9 +272,9 @@ def run_endpoint_generation(spec: JobSpec, settings: GenerationSettings, provena
             quantization = spec.candidate_artifact.quantization if local.role == "candidate" else {}
             local.local = stack.enter_context(CausalLM(local.path, _local_options(spec, quantization)))
             prompt_ids = local.local.encode_prompts(texts, settings.chat_template, settings.system_prompt)
-            source = _local_generate(spec, local, prompt_ids, caps, settings, provenance)
-            if local.role == "baseline":
-                extra["baseline_outputs"] = {"generated_by_job": source, "reused": source != spec.job_id}
+            record = _local_generate(spec, local, prompt_ids, caps, settings, provenance)
+            if record is not None:
+                extra["baseline_outputs"] = record
             vocabulary = _Vocabulary(local.local.tokenizer)
             endpoint = next(s for s in pair if s.client is not None)
             sizes = [c.prompt_tokens for c in endpoint.completions]

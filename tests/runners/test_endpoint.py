@@ -139,6 +139,8 @@ def test_the_provenance_records_what_the_server_said(against_baseline, served) -
     assert record["served_model"] and record["served_model"][0].startswith(model)  # "<path>@main"
     assert record["logprobs"] == "not returned" and record["models_listed"] == {"ids": [], "data": []}
     assert len(against_baseline.provenance["candidate"]["sha256"]) == 64  # the descriptor, hashed
+    # The local baseline's outputs went through the node's baseline cache, under the transformers key.
+    assert against_baseline.provenance["baseline_outputs"]["generated_by_job"] == "job-served"
 
 
 def test_two_endpoints_compare_their_texts_word_by_word(served, tmp_path: Path) -> None:
