@@ -145,7 +145,14 @@ def run_at_batch_sizes(spec: JobSpec, data: EvalData, provenance: dict[str, Any]
 def run_generation(spec: JobSpec, provenance: dict[str, Any]) -> tuple[list[CheckResult], dict[str, Any]]:
     """Both models generate on the same prompts; the checks and the drift curves."""
     settings = GenerationSettings.of(spec.suite)
-    if {spec.baseline.runner, spec.candidate_artifact.runner} & LM_RUNNERS:
+    runners = {spec.baseline.runner, spec.candidate_artifact.runner}
+    if "openai" in runners:  # an OpenAI-compatible endpoint on either side
+        from runners.lm_endpoint import run_endpoint_generation
+
+        checks, curves, extra = run_endpoint_generation(spec, settings, provenance)
+        provenance.update(extra)
+        return checks, curves
+    if runners & LM_RUNNERS:
         from runners.lm_generation import run_lm_generation
 
         checks, curves, extra = run_lm_generation(spec, settings, provenance)

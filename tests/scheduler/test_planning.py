@@ -138,3 +138,59 @@ def test_refresh_notices_a_replaced_artifact(setup) -> None:
     (tmp / "pt.ts").write_bytes(b"a new build")
     assert planner.refresh() is True
     assert planner.refresh() is False
+
+
+ENDPOINT_CONFIG = """version: 1
+targets:
+  serving:
+    runners: [transformers, openai]
+    probes: {{server: {{file: {d}/server-version, affects: [openai]}}}}
+models:
+  llm:
+    baseline: {{path: {d}/llm, runner: transformers}}
+    suites: [chat]
+    candidates:
+      served: {{path: {d}/served.yaml, runner: openai, quantization: {{method: served-int8, weight_bits: 8}}}}
+suites:
+  chat: {{data: {d}/prompts.jsonl, task: generation, slices: [category], checks: {{max_format_drop: 0.1}},
+          generation: {{max_new_tokens: 16, stop: null}}}}
+"""
+
+
+def test_an_endpoint_candidate_is_keyed_by_its_descriptor_and_replanned_by_a_probe_of_the_server(
+        tmp_path: Path) -> None:
+    (tmp_path / "llm").mkdir()
+    (tmp_path / "llm" / "config.json").write_text("{}")
+    (tmp_path / "prompts.jsonl").write_text('{"prompt": "hi", "category": "a"}\n')
+    (tmp_path / "server-version").write_text("vllm 0.9\n")
+    descriptor = tmp_path / "served.yaml"
+    descriptor.write_text("base_url: http://127.0.0.1:8000/v1\nmodel: llm-int8\n")
+    path = tmp_path / "targets.yaml"
+    path.write_text(ENDPOINT_CONFIG.format(d=tmp_path))
+    loaded = load_config(path)
+    cfg = loaded.config
+    # The target's own stack does not move what the server computes; a probe of the server does.
+    assert not affects(cfg, "serving", "kernel", "openai") and affects(cfg, "serving", "kernel", "transformers")
+    assert affects(cfg, "serving", "server", "openai")
+    fingerprints = {"serving": {"components": {"kernel": "6.1", "transformers": "5.23", "server": "vllm 0.9"}}}
+    plan = Planner(loaded).plan(StackChanged("serving", {"server": ("vllm 0.9", "vllm 0.10")}), fingerprints,
+                                nothing_known)
+    assert pairs(plan) == {("serving", "served")}
+    key = Planner(loaded).jobs("manual", fingerprints)[0].job_key
+    descriptor.write_text("base_url: http://127.0.0.1:8000/v1\nmodel: llm-int8\ntop_logprobs: 20\n")
+    assert Planner(loaded).jobs("manual", fingerprints)[0].job_key != key  # the descriptor is in the key
+
+
+def test_an_endpoint_model_with_a_classification_suite_is_refused_with_the_field(tmp_path: Path) -> None:
+    from scheduler.config import ConfigError
+
+    (tmp_path / "llm").mkdir()
+    (tmp_path / "prompts.jsonl").write_text("")
+    (tmp_path / "served.yaml").write_text("base_url: http://127.0.0.1:8000/v1\nmodel: m\n")
+    (tmp_path / "server-version").write_text("1\n")
+    text = ENDPOINT_CONFIG.format(d=tmp_path).replace("task: generation", "task: classification").replace(
+        "checks: {max_format_drop: 0.1},\n          generation: {max_new_tokens: 16, stop: null}", "checks: {max_drop: 0.1}")
+    path = tmp_path / "targets.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="openai endpoint takes generation suites only"):
+        load_config(path)
