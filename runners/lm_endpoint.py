@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from runners import catalogue as cat
 from runners.backends.base import ArtifactError
 from runners.backends.openai_endpoint import Completion, Endpoint, EndpointClient
 from runners.behaviour import ForcedSteps, drift
@@ -32,7 +33,7 @@ from runners.generative import GenerationSettings, judge_texts
 from runners.text import load_prompts
 
 RUNNER = "openai"
-STEP_CHECKS = ("max_mean_step_kl", "min_step_top1_agreement")
+STEP_CHECKS = (cat.MAX_MEAN_STEP_KL.name, cat.MIN_STEP_TOP1_AGREEMENT.name)
 _WORD = re.compile(r"\w+|\s+|[^\w\s]")
 
 
