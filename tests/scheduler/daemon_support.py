@@ -87,6 +87,21 @@ class DaemonProcess:
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read() or b"{}")
 
+    def last_poll(self) -> float:
+        """The daemon's revalidator_last_poll_timestamp_seconds (0 before its first poll)."""
+        with urllib.request.urlopen(f"http://{self.listen}/metrics", timeout=5) as answer:
+            text = answer.read().decode()
+        for line in text.splitlines():
+            if line.startswith("revalidator_last_poll_timestamp_seconds "):
+                return float(line.split()[1])
+        return 0.0
+
+    def wait_polls(self, count: int, timeout: float = 60) -> None:
+        """Return once the daemon has completed `count` more polls (observed, not slept)."""
+        for _ in range(count):
+            before = self.last_poll()
+            wait_for(lambda: self.last_poll() > before, timeout, "the daemon's next poll")
+
     def token(self) -> str:
         """The sweep token the daemon wrote beside its config at start."""
         return (self.config.parent / ".revalidator" / "sweep-token").read_text().strip()

@@ -72,8 +72,8 @@ def test_a_change_on_one_target_revalidates_only_its_jobs_and_nothing_else(clust
     fingerprints = ledger.latest_fingerprints()
     assert fingerprints["b"]["components"]["firmware"] == "1.0"
 
-    # (b) Nothing changed: three polls later, nothing has run again.
-    time.sleep(3 * 2 + 1)
+    # (b) Nothing changed: three polls later (seen in /metrics), nothing has run again.
+    daemon.wait_polls(3)
     assert len(runs(config)) == 6
 
     # (a) One component changes on target b: only b's jobs re-run, within one poll interval.
@@ -96,7 +96,7 @@ def test_a_change_on_one_target_revalidates_only_its_jobs_and_nothing_else(clust
     assert daemon.post("/sweep") == 202
     assert daemon.post("/sweep?target=c&force=1") == 202
     wait_for(lambda: len(finished(config, trigger="manual")) == 2, 60, "the forced sweep")
-    time.sleep(1)
+    daemon.wait_polls(1)  # a poll later, no other target was swept
     assert {r["target"] for r in finished(config, trigger="manual")} == {"c"}
     assert len(runs(config)) == 10
     status, body = daemon.get("/status")
@@ -138,7 +138,7 @@ def test_kill_9_mid_sweep_then_restart_records_everything_exactly_once(cluster, 
     daemons.append(second)
     second.wait_ready()
     wait_for(lambda: len(finished(config)) == 6, 180, "the resumed sweep")
-    time.sleep(2)
+    second.wait_polls(1)  # a poll later, nothing was recorded twice
     all_runs = runs(config)
     assert len(all_runs) == 6 and Counter(r["status"] for r in all_runs) == {"finished": 6}
     assert Counter((r["target"], r["candidate"]) for r in all_runs) == {(t, c): 1 for t in "abc" for c in ("int8", "w8a3")}
@@ -170,7 +170,7 @@ def test_missed_nightly_is_caught_up_at_start_and_a_recent_one_is_not(cluster, d
             assert {r["trigger"] for r in runs(config)} == {"catch-up"}
             assert ledger.sweeps()[-1]["scheduled_for"] == pytest.approx(due.timestamp())
         else:
-            time.sleep(4)  # two polls
+            daemon.wait_polls(2)  # two polls, seen in /metrics: the daemon kept polling and planned nothing
             assert runs(config) == []
         ledger.close()
         assert daemon.terminate(timeout=30)[0] == 0
@@ -181,10 +181,8 @@ def test_target_without_a_node_becomes_unschedulable(cluster, demo_dir, tmp_path
     daemon = DaemonProcess(config, cluster.address)
     daemons.append(daemon)
     daemon.wait_ready()
-    started = time.time()
     wait_for(lambda: len([r for r in runs(config) if r["target"] == "d" and r["status"] == "unschedulable"]) == 2,
              6 + 15, "d's jobs to be unschedulable")
-    assert time.time() - started < 6 + 15
     assert {r["status"] for r in runs(config) if r["target"] == "a"} <= {"finished", "running", "queued"}
     wait_for(lambda: len(finished(config, target="a")) == 2, 60, "a's jobs")
     status, body = daemon.get("/status")

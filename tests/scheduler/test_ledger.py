@@ -81,7 +81,7 @@ def test_finish_is_atomic(ledger: Ledger) -> None:
     run_id = ledger.start_run(s)
     bad = result(s.job_id)
     bad.checks.append(CheckResult("max_drop", "scan", "x", 1, None, None, None, None, "pass"))  # tolerance NOT NULL
-    with pytest.raises(Exception):
+    with pytest.raises(LedgerError, match="NOT NULL"):
         ledger.finish_run(run_id, bad)
     after = ledger.run(run_id)
     assert after["status"] == "running" and after["checks"] == [] and after["provenance"] == {}
