@@ -301,6 +301,13 @@ class Daemon:
         self.ready = False
         self.scheduler.shutdown(wait=False)
         self.stop_event.set()
+        # A poll in flight is waiting on Ray for probes: let it end (probes have their own deadline)
+        # before Ray is shut down under it, which would end the whole process from that thread.
+        cfg = self.loaded.config
+        if self._poll_lock.acquire(timeout=min(60.0, cfg.schedule.poll_interval_seconds) + 5):
+            self._poll_lock.release()
+        else:
+            log.warning("a poll was still running at shutdown", extra={"fields": {}})
         self._worker.join(timeout=5)
         self.dispatcher.drain(self.listener, self.loaded.config.daemon.drain_seconds)
         self.http.stop()
