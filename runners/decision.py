@@ -31,7 +31,7 @@ import numpy as np
 from runners import catalogue
 from runners.contracts import FAIL, INCONCLUSIVE, INSUFFICIENT, PASS, CheckResult, SuiteSpec
 from runners.stats import (benjamini_hochberg, bootstrap_ratios, holm, lower_p, paired_bounds, paired_null_sd,
-                           paired_score_z, proportion_score_z, upper_p, z_of)
+                           paired_score_z, proportion_score_z, upper_p, wilson_bounds, z_of)
 
 POLICIES = ("point", "release", "alert")
 CORRECTIONS = ("holm", "bh", "none")
@@ -106,13 +106,10 @@ def proportion_evidence(successes: np.ndarray, n: np.ndarray, limit: np.ndarray,
                         ) -> list[dict[str, Any]]:
     """Evidence on rates `successes / n` that must not fall below `limit` (score test, Wilson bounds)."""
     x, n, limit = (np.atleast_1d(np.asarray(v, dtype=np.float64)) for v in (successes, n, limit))
-    z = z_of(confidence)
     rate = x / np.maximum(n, 1)
-    denominator = 1 + z * z / np.maximum(n, 1)
-    centre = (rate + z * z / (2 * np.maximum(n, 1))) / denominator
-    half = z * np.sqrt(rate * (1 - rate) / np.maximum(n, 1) + z * z / (4 * np.maximum(n, 1) ** 2)) / denominator
+    low, high = wilson_bounds(x, n, z_of(confidence))
     z_at = proportion_score_z(x, n, limit)
-    return _summaries(rate, limit, np.maximum(0.0, centre - half), np.minimum(1.0, centre + half), lower_p(z_at),
+    return _summaries(rate, limit, low, high, lower_p(z_at),
                       upper_p(z_at), np.sqrt(rate * (1 - rate)), np.sqrt(np.maximum(limit * (1 - limit), 0.0)), n,
                       confidence, "score (Wilson)", "below")
 

@@ -35,12 +35,18 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
     """Wilson score interval for a binomial proportion."""
     if n == 0:
         return 0.0, 1.0
-    z = NormalDist().inv_cdf(0.5 + confidence / 2)
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    low, high = wilson_bounds(np.array([successes]), np.array([n]), NormalDist().inv_cdf(0.5 + confidence / 2))
+    return float(low[0]), float(high[0])
+
+
+def wilson_bounds(successes: np.ndarray, n: np.ndarray, z: float) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson score bounds at the normal quantile `z`, for arrays of counts (n = 0 reads as one row)."""
+    n = np.maximum(np.asarray(n, dtype=np.float64), 1)
+    p = np.asarray(successes, dtype=np.float64) / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    return np.maximum(0.0, centre - half), np.minimum(1.0, centre + half)
 
 
 # -- confidence bounds that decide (vectorised: the soundness benchmark calls them on 10^5 slices) ------------
@@ -63,10 +69,15 @@ def paired_score_z(b: np.ndarray, c: np.ndarray, n: np.ndarray, delta: np.ndarra
         return _score(b, c, n, np.asarray(delta, dtype=np.float64))
 
 
+def _restricted_q(b: np.ndarray, c: np.ndarray, n: np.ndarray, delta: np.ndarray) -> np.ndarray:
+    """The maximum-likelihood probability of a `c` row under the null difference `delta` (Tango)."""
+    w = delta * (2 * n - b + c) - (b + c)
+    return (np.sqrt(np.maximum(w * w + 8 * n * c * delta * (1 - delta), 0.0)) - w) / np.maximum(4 * n, 1e-300)
+
+
 def _score(b: np.ndarray, c: np.ndarray, n: np.ndarray, delta: np.ndarray) -> np.ndarray:
     """paired_score_z on float arrays, without conversions (the bisection calls it 40 times)."""
-    w = delta * (2 * n - b + c) - (b + c)
-    q = (np.sqrt(np.maximum(w * w + 8 * n * c * delta * (1 - delta), 0.0)) - w) / np.maximum(4 * n, 1e-300)
+    q = _restricted_q(b, c, n, delta)
     variance = n * (2 * q + delta * (1 - delta))
     numerator = b - c - n * delta
     z = numerator / np.sqrt(variance)
@@ -81,8 +92,7 @@ def paired_null_sd(b: np.ndarray, c: np.ndarray, n: np.ndarray, delta: np.ndarra
     """Per-row standard deviation of the paired difference at `delta` (Tango's restricted estimate)."""
     b, c, n = (np.asarray(x, dtype=np.float64) for x in (b, c, n))
     delta = np.asarray(delta, dtype=np.float64)
-    w = -(b + c) + delta * (2 * n - b + c)
-    q = (np.sqrt(np.maximum(w * w + 8 * n * c * delta * (1 - delta), 0.0)) - w) / np.maximum(4 * n, 1e-300)
+    q = _restricted_q(b, c, n, delta)
     return np.sqrt(np.maximum(2 * q + delta * (1 - delta), 0.0))
 
 
