@@ -103,7 +103,9 @@ def runtime_record(module: Any, mappings: list[Mapping],
                    stat: Callable[[str], os.stat_result] = os.stat) -> dict[str, Any]:
     """One imported runtime: its version, where it was imported from, and its libraries as mapped."""
     file = getattr(module, "__file__", None)
-    record: dict[str, Any] = {"version": getattr(module, "__version__", None), "file": file, "libraries": []}
+    version = getattr(module, "__version__", None)
+    # A plain str: torch's TorchVersion would make whoever unpickles the result import torch.
+    record: dict[str, Any] = {"version": None if version is None else str(version), "file": file, "libraries": []}
     if file:
         package_dir = os.path.realpath(os.path.dirname(file))  # maps shows resolved paths
         for m in mappings:

@@ -85,10 +85,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from exc
     if not jobs:
         raise UsageError(f"nothing to validate in {args.config} for the given --target/--model")
-    dispatcher = RayDispatcher(loaded)
+    dispatcher = RayDispatcher.for_one_shot(loaded)
     show_progress = sys.stderr.isatty() and not args.json
     if show_progress:
         print(f"starting Ray and {len(jobs)} job(s)...", file=sys.stderr, flush=True)
+    dispatcher.attach_shared()
     _log_to_file(loaded)
     opening = _InBackground(lambda: Ledger(loaded.config.ledger, loaded.base_dir))  # while Ray starts
     ledger = None
@@ -353,7 +354,7 @@ def _sweep_once(loaded: LoadedConfig, args: argparse.Namespace) -> int:
     from scheduler.validate import run_validation
 
     ledger = Ledger(loaded.config.ledger, loaded.base_dir)
-    dispatcher = RayDispatcher(loaded)
+    dispatcher = RayDispatcher.for_one_shot(loaded)
     dispatcher.start()
     try:
         for target, stack in dispatcher.probe(sorted(loaded.config.targets), 60).items():
@@ -371,6 +372,25 @@ def _sweep_once(loaded: LoadedConfig, args: argparse.Namespace) -> int:
     if plan.skipped_known:
         print(f"{plan.skipped_known} job(s) already validated on the current stack (use --force to re-run)")
     return result.exit_code()
+
+
+def cmd_local_ray(args: argparse.Namespace) -> int:
+    """List (or stop) the local Rays kept between one-shot commands."""
+    from scheduler import local_ray
+    from scheduler.dispatch import InfrastructureError
+
+    found = local_ray.instances()
+    for directory, state in found:
+        idle = time.time() - (directory / "last-used").stat().st_mtime
+        print(f"{state['address']}  supervisor pid {state['supervisor_pid']}  idle {idle:.0f} s of "
+              f"{state['keep_seconds']:g} s  {directory}")
+        if args.stop and not local_ray.stop(directory):
+            raise InfrastructureError(f"the local Ray in {directory} did not stop within 60 s")
+    if not found:
+        print(f"no local Ray kept in {local_ray.base_directory()}")
+    elif args.stop:
+        print(f"stopped {len(found)}")
+    return EXIT_PASS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -425,6 +445,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("report", cmd_report, "one run's checks and provenance from the ledger (JSON, or an HTML audit report)")
     p.add_argument("run_id")
     p.add_argument("--html", metavar="FILE", help="write a self-contained HTML audit report to FILE")
+    p = sub.add_parser("local-ray", help="list the local Rays one-shot commands keep (ray.keep_local_seconds)",
+                       description="list the local Rays one-shot commands keep (ray.keep_local_seconds)")
+    p.add_argument("--stop", action="store_true", help="stop them now")
+    p.set_defaults(func=cmd_local_ray)
     return parser
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 from collections import deque
@@ -31,9 +32,11 @@ from runners.contracts import ERROR, JobResult, JobSpec
 from scheduler.config import LoadedConfig
 from scheduler.config.schema import Placement
 from scheduler.generations import WorkerGenerations
+from scheduler.local_ray import Attachment, LocalRayError, SharedLocalRay, for_one_shot
 from scheduler.storage import LedgerError, LedgerWriteError
 
 log = logging.getLogger("revalidator.dispatch")
+_AUTH_VARIABLES = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
 
 # A local Ray advertises the machine's network address unless told otherwise; keep it on loopback.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -126,9 +129,14 @@ class _Report:
 
 
 class RayDispatcher:
-    def __init__(self, loaded: LoadedConfig, address: str | None = None) -> None:
+    def __init__(self, loaded: LoadedConfig, address: str | None = None,
+                 shared: SharedLocalRay | None = None) -> None:
         self.loaded = loaded
         self.address = address or loaded.config.ray.address or os.environ.get("RAY_ADDRESS")
+        self.shared = None if self.address else shared  # a local Ray kept between one-shot commands
+        self._attachment: Attachment | None = None
+        self._saved_auth: dict[str, str | None] = {}
+        self.ray_origin = "address" if self.address else "embedded"
         self.startup_seconds = 0.0
         self._started_ray = False
         self._ray: Any = None
@@ -144,9 +152,17 @@ class RayDispatcher:
         self._write_error: str | None = None
         self.generations = WorkerGenerations()
 
+    @classmethod
+    def for_one_shot(cls, loaded: LoadedConfig) -> "RayDispatcher":
+        """A dispatcher for a one-shot command: on the embedded default it shares a kept local Ray."""
+        ray_cfg = loaded.config.ray
+        return cls(loaded, shared=for_one_shot(ray_cfg.address, ray_cfg.keep_local_seconds, ray_cfg.num_cpus))
+
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
         started = time.perf_counter()
+        if self._attachment is None and "ray" not in sys.modules:
+            self.attach_shared()
         import ray
 
         self._ray = ray
@@ -157,7 +173,8 @@ class RayDispatcher:
                 if self.address:
                     check_reachable(self.address)
                     ray.init(address=self.address, **kwargs)
-                else:  # "local": a new instance, never whatever cluster this machine started last
+                elif not (self._attachment and self._init_shared(kwargs)):
+                    # "local": a new instance, never whatever cluster this machine started last
                     ray.init(address="local", num_cpus=self.loaded.config.ray.num_cpus, **kwargs)
                 self._started_ray = True
         except InfrastructureError:
@@ -170,10 +187,43 @@ class RayDispatcher:
         self._probe_task = ray.remote(max_retries=0, num_cpus=0)(_probe)
         self.startup_seconds = time.perf_counter() - started
 
+    def attach_shared(self) -> None:
+        """Attach to the shared local Ray, starting it if needed; where that fails this command starts
+        its own, and says why. Called before Ray is imported: Ray reads its token settings once, then."""
+        if self.shared is None or self._attachment is not None:
+            return
+        try:
+            self._attachment = self.shared.attach()
+        except (LocalRayError, OSError) as exc:
+            log.warning("starting an embedded Ray instead of the shared one", extra={"fields": {"reason": str(exc)}})
+            return
+        self._saved_auth = {name: os.environ.get(name) for name in _AUTH_VARIABLES}
+        os.environ["RAY_AUTH_MODE"], os.environ["RAY_AUTH_TOKEN"] = "token", self._attachment.token
+        os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
+        self.ray_origin = "shared, started" if self._attachment.started else "shared, reused"
+
+    def _init_shared(self, kwargs: dict[str, Any]) -> bool:
+        try:
+            self._ray.init(address=self._attachment.address, **kwargs)
+            return True
+        except Exception as exc:  # a head that died since it answered: this command starts its own
+            log.warning("starting an embedded Ray instead of the shared one", extra={"fields": {"reason": str(exc)}})
+            for name, value in self._saved_auth.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+            self._attachment.release()
+            self._attachment, self.ray_origin = None, "embedded"
+            return False
+
     def shutdown(self) -> None:
         if self._started_ray and self._ray is not None:
             self._ray.shutdown()
             self._started_ray = False
+        if self._attachment is not None:
+            self._attachment.release()
+            self._attachment = None
 
     # -- probing ------------------------------------------------------------------------------
     def probe(self, targets: list[str], timeout: float) -> dict[str, dict[str, Any] | str]:

@@ -39,7 +39,8 @@ def run_dict(record: RunRecord) -> dict[str, Any]:
 
 def document(report: ValidationReport) -> dict[str, Any]:
     return {"version": DOCUMENT_VERSION, "generated_at": time.time(), "exit_code": report.exit_code(),
-            "ray_startup_seconds": report.ray_startup_seconds, "runs": [run_dict(r) for r in report.records]}
+            "ray_startup_seconds": report.ray_startup_seconds, "ray_origin": report.ray_origin,
+            "runs": [run_dict(r) for r in report.records]}
 
 
 def _slice_label(dimension: str, value: str, aggregate: str = "aggregate") -> str:

@@ -90,7 +90,7 @@ def reproduce(loaded: LoadedConfig, ledger: Ledger, run_prefix: str, target: str
     job = respec(spec, loaded, target)
     owned = dispatcher is None
     if owned:
-        dispatcher = RayDispatcher(loaded)
+        dispatcher = RayDispatcher.for_one_shot(loaded)
         dispatcher.start()
     try:
         record = run_validation(loaded, [job], ledger, dispatcher).records[0]

@@ -28,6 +28,7 @@ class RunRecord:
 class ValidationReport:
     records: list[RunRecord] = field(default_factory=list)
     ray_startup_seconds: float = 0.0
+    ray_origin: str = "embedded"  # or "address", "shared, started", "shared, reused" (scheduler/local_ray.py)
 
     def exit_code(self) -> int:
         """3 for an internal or infrastructure error (a stale runtime in a worker among them), else 2 for
@@ -102,7 +103,7 @@ def run_validation(loaded: LoadedConfig, jobs: list[JobSpec], ledger: Ledger,
                    dispatcher: RayDispatcher, progress: Callable[[int, int, RunRecord], None] | None = None,
                    give_up_writes_after: float | None = None) -> ValidationReport:
     """Dispatch `jobs` on a started dispatcher until all have ended; every job is queued in the ledger first."""
-    report = ValidationReport(ray_startup_seconds=dispatcher.startup_seconds)
+    report = ValidationReport(ray_startup_seconds=dispatcher.startup_seconds, ray_origin=dispatcher.ray_origin)
 
     def collect(record: RunRecord) -> None:
         report.records.append(record)

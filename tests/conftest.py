@@ -11,6 +11,10 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+# One-shot commands start their own Ray, as before the shared one: tests that would each key a shared
+# instance of their own (their environments differ) would leave one running per test.
+# tests/scheduler/test_local_ray.py tests the shared one.
+os.environ.setdefault("REVALIDATOR_LOCAL_RAY", "fresh")
 # Baseline outputs cached by the tests' jobs (and Ray workers, which inherit this) stay out of the
 # user's cache directory; one directory per session, removed at exit.
 _BASELINES = tempfile.mkdtemp(prefix="revalidator-baselines-")

@@ -283,6 +283,9 @@ class RaySettings(Strict):
     address: str | None = None  # None: start an embedded local Ray
     job_timeout_seconds: float = Field(default=1800, gt=0)
     num_cpus: int | None = Field(default=None, ge=1)
+    # One-shot commands (validate, sweep, reproduce) on the embedded default share a local Ray kept
+    # this long after its last use (scheduler/local_ray.py); 0 starts and stops one per command.
+    keep_local_seconds: float = Field(default=600, ge=0)
     # A job that no node can take (its target's resource is nowhere) is recorded as
     # unschedulable after this long, never left pending.
     unschedulable_after_seconds: float = Field(default=300, gt=0)

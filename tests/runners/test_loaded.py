@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from runners.contracts import job_spec_to_dict
-from runners.loaded import (StaleRuntime, check_loaded, in_package, installed_runtimes, loaded_runtimes, parse_maps,
+from runners.loaded import (runtime_record, StaleRuntime, check_loaded, in_package, installed_runtimes, loaded_runtimes, parse_maps,
                             stale_problems)
 from tests.conftest import REPO
 from tests.envs import ORT_NEW, ORT_OLD, install, layered_env
@@ -145,3 +145,20 @@ def test_a_process_that_imported_onnxruntime_before_an_in_place_upgrade_reports_
     assert result["provenance"]["fingerprint"]["components"]["onnxruntime"] == ORT_NEW
     loaded = result["provenance"]["loaded"]["modules"]["onnxruntime"]
     assert loaded["version"] == ORT_OLD and all(lib["deleted"] for lib in loaded["libraries"])
+
+
+def test_a_version_is_recorded_as_a_plain_string_so_the_control_plane_can_unpickle_it() -> None:
+    """torch.__version__ is a str subclass defined in torch: kept as is, unpickling a job's result
+    in the daemon would import torch there (seconds, and a boundary the control plane keeps)."""
+    import pickle
+    import subprocess
+    import sys
+
+    import torch
+
+    record = runtime_record(torch, [])
+    assert type(record["version"]) is str and record["version"] == str(torch.__version__)
+    check = ("import pickle, sys; pickle.loads(sys.stdin.buffer.read()); "
+             "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", check], input=pickle.dumps(record), capture_output=True, timeout=60)
+    assert out.stdout.decode().strip() == "False", out.stderr.decode()

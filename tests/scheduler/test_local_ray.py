@@ -1,0 +1,129 @@
+"""The local Ray one-shot commands share (scheduler/local_ray.py), through real `revalidator validate`
+processes: the first starts it, the next attach to it and run their jobs in fresh workers of their
+own, a command with another environment gets an instance of its own, an idle instance stops itself,
+and a supervisor that dies takes its Ray with it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from scheduler import local_ray
+from tests.conftest import REPO, demo_config
+
+pytestmark = pytest.mark.ray
+
+
+def validate(config: Path, instances: Path, **extra_env: str) -> dict:
+    env = {**os.environ, local_ray.DIRECTORY_ENV: str(instances), "PYTHONPATH": str(REPO), **extra_env}
+    env.pop(local_ray.MODE_ENV)  # the suite's default is a Ray per command
+    proc = subprocess.run([sys.executable, "-m", "scheduler.cli", "validate", "--json", "-c", str(config)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode in (0, 1), proc.stderr
+    doc = json.loads(proc.stdout)
+    assert all(r["status"] == "finished" for r in doc["runs"]), doc["runs"]
+    return doc
+
+
+def live(instances: Path) -> dict[Path, dict]:
+    return dict(local_ray.instances(instances))
+
+
+def wait_until(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def gone(pid: int) -> bool:
+    """True once `pid` has exited (a zombie of another parent counts as exited)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][:1] == "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def write_config(tmp_path: Path, demo_dir: Path, keep_seconds: float) -> Path:
+    text = demo_config(demo_dir, tmp_path / "ledger.db", candidates=("ort-int8-dynamic", "ort-w8a3"))
+    text = text.replace("ray: {", f"ray: {{keep_local_seconds: {keep_seconds}, ", 1)
+    (tmp_path / "targets.yaml").write_text(text)
+    return tmp_path / "targets.yaml"
+
+
+def worker_pids(doc: dict) -> set[int]:
+    return {r["provenance"]["loaded"]["pid"] for r in doc["runs"]}
+
+
+def test_one_shot_commands_share_a_kept_local_ray(tmp_path: Path, demo_dir: Path) -> None:
+    config, instances = write_config(tmp_path, demo_dir, keep_seconds=600), tmp_path / "instances"
+    try:
+        first = validate(config, instances)
+        assert first["ray_origin"] == "shared, started"
+        (directory, state), = live(instances).items()
+        assert (directory / "state.json").stat().st_mode & 0o077 == 0  # the token is the user's alone
+
+        second = validate(config, instances)
+        assert second["ray_origin"] == "shared, reused"
+        assert live(instances) == {directory: state}  # the same supervisor, head and token
+        # the same verdicts, computed by workers of the second command's own, not the first one's
+        assert [(r["candidate"], r["verdict"]) for r in second["runs"]] == \
+               [(r["candidate"], r["verdict"]) for r in first["runs"]]
+        assert worker_pids(second).isdisjoint(worker_pids(first))
+
+        # workers inherit the environment of the command that started their Ray: another one gets its own
+        other = validate(config, instances, OMP_NUM_THREADS="1")
+        assert other["ray_origin"] == "shared, started"
+        assert len(live(instances)) == 2
+    finally:
+        kept = live(instances)
+        for directory in kept:
+            assert local_ray.stop(directory)
+    for state in kept.values():
+        wait_until(lambda: gone(state["ray_pid"]), 60, "ray start to exit with its supervisor")
+    assert live(instances) == {}
+
+
+def test_an_idle_local_ray_stops_itself(tmp_path: Path, demo_dir: Path) -> None:
+    config, instances = write_config(tmp_path, demo_dir, keep_seconds=1), tmp_path / "instances"
+    validate(config, instances)
+    directory = next(d for d in instances.iterdir() if d.is_dir())
+    state = json.loads((directory / "state.json").read_text())
+    try:
+        wait_until(lambda: gone(state["supervisor_pid"]) and gone(state["ray_pid"]), 90, "the idle Ray to stop")
+        assert not (directory / "state.json").exists()
+        assert "stopped (idle)" in (directory / "supervisor.log").read_text()
+    finally:
+        local_ray.stop(directory)
+
+
+def test_a_killed_supervisor_takes_its_ray_along_and_is_replaced(tmp_path: Path, demo_dir: Path) -> None:
+    config, instances = write_config(tmp_path, demo_dir, keep_seconds=600), tmp_path / "instances"
+    validate(config, instances)
+    (directory, state), = live(instances).items()
+    try:
+        os.kill(state["supervisor_pid"], signal.SIGKILL)
+        wait_until(lambda: gone(state["ray_pid"]), 60, "ray start to stop with its supervisor")
+        again = validate(config, instances)
+        assert again["ray_origin"] == "shared, started"
+        (_, replaced), = live(instances).items()
+        assert replaced["supervisor_pid"] != state["supervisor_pid"] and alive(replaced["supervisor_pid"])
+    finally:
+        for directory in live(instances):
+            local_ray.stop(directory)
