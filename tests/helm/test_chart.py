@@ -216,3 +216,19 @@ def test_bad_values_are_refused_with_a_clear_message(tmp_path: Path, sets: tuple
     done = helm(*args, tmp=tmp_path)
     assert done.returncode != 0
     assert message in done.stderr, done.stderr
+
+
+def test_every_worker_keeps_its_baseline_cache_on_a_bounded_volume(tmp_path: Path) -> None:
+    def workers(*sets: str) -> list[dict]:
+        docs = render(tmp_path, str(EXAMPLE), sets=sets)
+        return [g["template"]["spec"] for g in by_kind(docs, "RayCluster")[0]["spec"]["workerGroupSpecs"]]
+
+    pods = workers()
+    assert pods
+    for pod in pods:
+        env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+        mounts = {m["mountPath"]: m["name"] for m in pod["containers"][0]["volumeMounts"]}
+        volume = next(v for v in pod["volumes"] if v["name"] == mounts[env["REVALIDATOR_BASELINE_CACHE"]])
+        assert volume["emptyDir"]["sizeLimit"] == "3Gi" and env["REVALIDATOR_BASELINE_CACHE_BYTES"] == "2147483648"
+    off = workers("baselineCache.maxBytes=0")
+    assert all({"name": "REVALIDATOR_BASELINE_CACHE", "value": "off"} in pod["containers"][0]["env"] for pod in off)
