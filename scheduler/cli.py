@@ -190,12 +190,11 @@ def _when(ts: float | None) -> str:
 def current_gates(loaded: LoadedConfig, ledger: Any) -> list:
     """The gates as the daemon's /gates decides them: against the job keys of the current stacks (the
     ledger's latest fingerprints), artifacts and checks, so that a change not yet re-validated is unknown."""
-    from scheduler.exporter import Snapshot, compute_gates
-    from scheduler.gates import current_keys
+    from scheduler.gates import compute_gates, current_keys
     from scheduler.planning import Planner
 
     keys = current_keys(Planner(loaded).jobs("current", ledger.latest_fingerprints()))
-    return compute_gates(ledger, Snapshot(loaded=loaded, keys=keys))
+    return compute_gates(ledger, loaded, keys)
 
 
 def gates_exit_code(gates: list) -> int:

@@ -33,8 +33,8 @@ from scheduler.dispatch import InfrastructureError, RayDispatcher
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from scheduler.events import ConfigChanged, Event, Manual, Scheduled, StackChanged
-from scheduler.exporter import Exporter, Snapshot, compute_gates
-from scheduler.gates import CurrentKeys, current_keys, gates_document
+from scheduler.exporter import Exporter, Snapshot
+from scheduler.gates import CurrentKeys, Gate, compute_gates, current_keys, gates_document
 from scheduler import compare
 from scheduler.http import HttpServer, Response, Route, json_response
 from scheduler.ledger import Ledger, LedgerError
@@ -327,7 +327,10 @@ class Daemon:
         return 200, CONTENT_TYPE_LATEST, self.exporter.render()
 
     def _gates(self, query: dict[str, str]) -> Response:
-        return json_response(200, gates_document(compute_gates(self.ledger, self.snapshot())))
+        return json_response(200, gates_document(self._current_gates()))
+
+    def _current_gates(self) -> list[Gate]:
+        return compute_gates(self.ledger, self.loaded, self.keys)
 
     def _healthz(self, query: dict[str, str]) -> Response:
         return json_response(200, {"status": "ok", "uptime_seconds": round(time.time() - self.started_at, 1)})
@@ -351,7 +354,7 @@ class Daemon:
         return json_response(202, {"queued": True, "target": target})
 
     def _status(self, query: dict[str, str]) -> Response:
-        gates = [gate.to_dict() for gate in compute_gates(self.ledger, self.snapshot())]  # the same as /gates
+        gates = [gate.to_dict() for gate in self._current_gates()]  # the same as /gates
         return json_response(200, {"gates": gates, "targets": self.ledger.target_states(),
                                    "jobs": self.dispatcher.in_flight(), "last_poll_at": self.last_poll_at})
 

@@ -19,7 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from scheduler import __version__
 from scheduler.compare import AgreementCache
 from scheduler.config import LoadedConfig
-from scheduler.gates import GATE_STATES, CurrentKeys, Gate, current_runs, decide
+from scheduler.gates import GATE_STATES, CurrentKeys, Gate, LatestRuns, SpeakingRuns, compute_gates
 from scheduler.ledger import Ledger
 
 log = logging.getLogger("revalidator.exporter")
@@ -44,54 +44,31 @@ class Snapshot:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def failed_slices(ledger: Ledger, run_ids: list[str]) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for run_id, check, dimension, value, *_rest, verdict in ledger.results_for(run_ids):
-        if verdict == "fail":
-            where = "aggregate" if dimension == "all" else f"{dimension}={value}"
-            out.setdefault(run_id, []).append(f"{check} {where}")
-    return out
-
-
-def compute_gates(ledger: Ledger, snapshot: Snapshot) -> list[Gate]:
-    by_key, by_tuple = ledger.latest_finished()
-    runs = current_runs(snapshot.keys, by_key, by_tuple)
-    failing = [run["run_id"] for run, _ in runs.values() if run["verdict"] == "fail"]
-    return decide(snapshot.loaded, snapshot.keys, by_key, by_tuple, ledger.last_success(),
-                  failed_slices(ledger, failing))
-
-
 class LedgerCollector:
-    def __init__(self, ledger: Ledger, snapshot: Callable[[], Snapshot]) -> None:
+    """The families read from the ledger (gates, targets, jobs...) and the daemon's own counters."""
+
+    def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
-        self.snapshot = snapshot
-        # (by_key, by_tuple) already read for this scrape by the Exporter; None: read it here
-        self.prefetched: tuple[dict, dict] | None = None
         self.read_errors = 0  # failed ledger reads during scrapes
         self.agreement = AgreementCache()
 
-    def collect(self) -> Iterator[Metric]:
-        snap = self.snapshot()
-        try:
-            yield from self._collect(snap)
-        except Exception:  # the scrape still answers with what the daemon itself knows
-            self.read_errors += 1
-            log.exception("ledger read failed during a scrape")
+    def collect(self, snap: Snapshot, latest: LatestRuns | None) -> Iterator[Metric]:
+        """One scrape's families; `latest` None: the ledger could not be read, only the daemon's own."""
+        if latest is not None:
+            try:
+                yield from self._collect(snap, latest)
+            except Exception:  # the scrape still answers with what the daemon itself knows
+                self.read_errors += 1
+                log.exception("ledger read failed during a scrape")
         yield from self._daemon(snap)
 
-    def _collect(self, snap: Snapshot) -> Iterator[Metric]:
-        ledger = self.ledger
-        by_key, by_tuple = self.prefetched or ledger.latest_finished()
-        runs = current_runs(snap.keys, by_key, by_tuple)
-        failing = [run["run_id"] for run, _ in runs.values() if run["verdict"] == "fail"]
-        gates = decide(snap.loaded, snap.keys, by_key, by_tuple, ledger.last_success(),
-                       failed_slices(ledger, failing))
-        yield from self._gates(gates)
+    def _collect(self, snap: Snapshot, latest: LatestRuns) -> Iterator[Metric]:
+        yield from self._gates(compute_gates(self.ledger, snap.loaded, snap.keys, latest))
         yield from self._targets(snap)
         yield from self._jobs()
         yield from self._stale_runtimes(snap)
         yield from self._missed(snap)
-        yield from self._cross_target(snap, by_tuple)
+        yield from self._cross_target(snap, latest.by_tuple)
 
     def _cross_target(self, snap: Snapshot, by_tuple: dict) -> Iterator[Metric]:
         labels = ["model", "candidate", "target", "other_target"]
@@ -264,7 +241,7 @@ class CheckSeries:
     def __init__(self) -> None:
         self._blocks: dict[tuple[str, tuple[str, str, str, str], int], tuple[str, ...]] = {}
 
-    def render(self, ledger: Ledger, runs: dict[tuple[str, str, str, str], tuple[dict, bool]], limit: int) -> str:
+    def render(self, ledger: Ledger, runs: SpeakingRuns, limit: int) -> str:
         wanted = {(run["run_id"], work, limit) for work, (run, _) in runs.items()}
         missing = [entry for entry in wanted if entry not in self._blocks]
         if missing:
@@ -306,34 +283,43 @@ class CheckSeries:
         return tuple("".join(family) for family in lines)
 
 
+class _Scrape:
+    """One scrape's collector: the collector called with this scrape's snapshot and ledger read."""
+
+    def __init__(self, collector: LedgerCollector, snap: Snapshot, latest: LatestRuns | None) -> None:
+        self.collector, self.snap, self.latest = collector, snap, latest
+
+    def collect(self) -> Iterator[Metric]:
+        return self.collector.collect(self.snap, self.latest)
+
+
 class Exporter:
-    """What /metrics serves: the cached per-slice families, then the collector's."""
+    """What /metrics serves: the cached per-slice families, then the collector's.
+
+    Each scrape takes one snapshot of the daemon and one read of the ledger's latest runs, and
+    passes both to every family, so the gates and the per-slice series describe the same runs."""
 
     def __init__(self, ledger: Ledger, snapshot: Callable[[], Snapshot]) -> None:
         self.ledger = ledger
         self.snapshot = snapshot
         self.checks = CheckSeries()
-        self.collector = LedgerCollector(ledger, snapshot)
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(self.collector)
+        self.collector = LedgerCollector(ledger)
         self._lock = threading.Lock()  # concurrent scrapes share the render cache
 
     def render(self) -> bytes:
         snap = self.snapshot()
         with self._lock:
+            latest: LatestRuns | None = None
+            checks = ""
             try:
-                latest = self.ledger.latest_finished()
-                runs = current_runs(snap.keys, *latest)
-                checks = self.checks.render(self.ledger, runs, snap.loaded.config.metrics.max_slices_per_run)
+                latest = LatestRuns.read(self.ledger, snap.keys)
+                checks = self.checks.render(self.ledger, latest.runs, snap.loaded.config.metrics.max_slices_per_run)
             except Exception:  # the scrape still answers with the other families
                 self.collector.read_errors += 1
                 log.exception("ledger read failed during a scrape")
-                latest, checks = None, ""
-            self.collector.prefetched = latest
-            try:
-                return checks.encode() + generate_latest(self.registry)
-            finally:
-                self.collector.prefetched = None
+            registry = CollectorRegistry(auto_describe=False)  # per scrape: it only holds this scrape's collector
+            registry.register(_Scrape(self.collector, snap, latest))
+            return checks.encode() + generate_latest(registry)
 
 
 def _nearest_bound(statistic: str) -> float | None:

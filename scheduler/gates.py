@@ -15,6 +15,7 @@ from typing import Any
 
 from runners.contracts import ERROR, FAIL, INCONCLUSIVE, INSUFFICIENT, PASS, worst_verdict
 from scheduler.config import LoadedConfig
+from scheduler.ledger import Ledger
 
 UNKNOWN = "unknown"
 GATE_STATES = (PASS, FAIL, INCONCLUSIVE, INSUFFICIENT, ERROR, UNKNOWN)
@@ -44,8 +45,27 @@ def current_keys(planner_jobs: list) -> CurrentKeys:
     return {(j.target, j.model, j.candidate, j.suite.name): j.job_key for j in planner_jobs}
 
 
-def current_runs(keys: CurrentKeys, by_key: dict[str, dict], by_tuple: dict[tuple, dict]
-                 ) -> dict[tuple[str, str, str, str], tuple[dict, bool]]:
+# (target, model, candidate, suite) -> the run that speaks for it, and whether it ran on the current state
+SpeakingRuns = dict[tuple[str, str, str, str], tuple[dict, bool]]
+
+
+@dataclass(frozen=True)
+class LatestRuns:
+    """One read of the ledger's latest finished runs, resolved against the current job keys.
+
+    A scrape reads this once and hands the same value to every family that needs it (gates, the
+    per-slice series, the cross-target agreement), so they all describe one state of the ledger."""
+
+    by_tuple: dict[tuple, dict]  # the newest finished run per (target, model, candidate, suite)
+    runs: SpeakingRuns
+
+    @classmethod
+    def read(cls, ledger: Ledger, keys: CurrentKeys) -> LatestRuns:
+        by_key, by_tuple = ledger.latest_finished()
+        return cls(by_tuple=by_tuple, runs=current_runs(keys, by_key, by_tuple))
+
+
+def current_runs(keys: CurrentKeys, by_key: dict[str, dict], by_tuple: dict[tuple, dict]) -> SpeakingRuns:
     """Per (target, model, candidate, suite): the run that speaks for it, and whether it is current."""
     out = {}
     for work, key in keys.items():
@@ -56,13 +76,30 @@ def current_runs(keys: CurrentKeys, by_key: dict[str, dict], by_tuple: dict[tupl
     return out
 
 
-def decide(loaded: LoadedConfig, keys: CurrentKeys, by_key: dict[str, dict], by_tuple: dict[tuple, dict],
+def failed_slices(ledger: Ledger, run_ids: list[str]) -> dict[str, list[str]]:
+    """Run id -> "check dimension=value" of each slice that failed, for the reason of a failed gate."""
+    out: dict[str, list[str]] = {}
+    for run_id, check, dimension, value, *_rest, verdict in ledger.results_for(run_ids):
+        if verdict == "fail":
+            where = "aggregate" if dimension == "all" else f"{dimension}={value}"
+            out.setdefault(run_id, []).append(f"{check} {where}")
+    return out
+
+
+def compute_gates(ledger: Ledger, loaded: LoadedConfig, keys: CurrentKeys,
+                  latest: LatestRuns | None = None) -> list[Gate]:
+    """Every gate, from the ledger; `latest`: the runs already read for this request (read here if None)."""
+    latest = latest or LatestRuns.read(ledger, keys)
+    failing = [run["run_id"] for run, _ in latest.runs.values() if run["verdict"] == FAIL]
+    return decide(loaded, keys, latest.runs, ledger.last_success(), failed_slices(ledger, failing))
+
+
+def decide(loaded: LoadedConfig, keys: CurrentKeys, runs: SpeakingRuns,
            last_success: dict[tuple[str, str, str], float],
            failed_slices: dict[str, list[str]] | None = None) -> list[Gate]:
     """Every (target, model, candidate) gate. `failed_slices`: run id -> "check dimension=value" that failed."""
     failed_slices = failed_slices or {}
     cfg = loaded.config
-    runs = current_runs(keys, by_key, by_tuple)
     suites_of: dict[tuple[str, str, str], list[tuple[str, str, str, str]]] = {}
     for work in keys:
         suites_of.setdefault(work[:3], []).append(work)

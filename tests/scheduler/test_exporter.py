@@ -14,8 +14,8 @@ import pytest
 
 from runners import rowoutputs
 from runners.contracts import CheckResult, JobResult
-from scheduler.exporter import Exporter, Snapshot, compute_gates
-from scheduler.gates import current_keys
+from scheduler.exporter import Exporter, Snapshot
+from scheduler.gates import compute_gates, current_keys
 from scheduler.ledger import Ledger
 from scheduler.planning import Planner
 from tests.conftest import REPO
@@ -89,7 +89,7 @@ def test_an_inconclusive_gate_serves_by_the_suites_policy(tmp_path: Path, policy
 
 
 def gates_by(ledger, snapshot) -> dict[tuple[str, str], object]:
-    return {(g.target, g.candidate): g for g in compute_gates(ledger, snapshot)}
+    return {(g.target, g.candidate): g for g in compute_gates(ledger, snapshot.loaded, snapshot.keys)}
 
 
 def test_gates_serve_the_candidate_only_when_it_passed_on_the_current_stack(world) -> None:
@@ -148,7 +148,9 @@ def test_exposition_values(world) -> None:
     assert values['revalidator_probe_success{probe="nvidia",target="gpu"}'] == 0.0
     assert values['revalidator_jobs{state="finished",target="cpu"}'] == 2
     assert values['revalidator_stack_changes_total{component="nvidia_driver",target="cpu"}'] == 1
-    assert values[f'revalidator_job_errors_total{{target="{snapshot.loaded.config.targets and "cpu"}"}}'] == 1
+    # cpu's one unschedulable run is its one error; gpu has none, so no series
+    assert values['revalidator_job_errors_total{target="cpu"}'] == 1
+    assert not any(k.startswith('revalidator_job_errors_total{target="gpu"') for k in values)
     assert values['revalidator_job_duration_seconds_count'] == 4
     assert values['revalidator_job_duration_seconds_bucket{le="2.5"}'] == 4
 
@@ -205,6 +207,31 @@ def test_a_broken_ledger_is_counted_and_the_scrape_still_answers(world, tmp_path
     values = samples(text)
     assert values["revalidator_ledger_errors_total"] >= 1
     assert "revalidator_build_info" in "".join(values)
+
+
+class CountingLedger(Ledger):
+    """A real ledger that counts how often the latest finished runs are read."""
+
+    reads = 0
+
+    def latest_finished(self):
+        self.reads += 1
+        return super().latest_finished()
+
+
+def test_one_scrape_reads_the_latest_runs_once_for_every_family(world, tmp_path: Path) -> None:
+    _, ledger, snapshot = world
+    counting = CountingLedger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    try:
+        text = Exporter(counting, lambda: snapshot).render().decode()
+        assert counting.reads == 1
+        values = samples(text)
+        # the gates, the per-slice series and the cross-target agreement all came from that one read
+        assert values['revalidator_gate_state{candidate="pt",model="m",state="fail",target="cpu"}'] == 1.0
+        assert any(k.startswith("revalidator_check_pass{") for k in values)
+        assert any(k.startswith("revalidator_cross_target_agreement_ratio{") for k in values)
+    finally:
+        counting.close()
 
 
 def test_stale_runtime_runs_are_counted_per_target_from_zero(world) -> None:
