@@ -345,24 +345,21 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _sweep_once(loaded: LoadedConfig, args: argparse.Namespace) -> int:
+    """The daemon's sweep, once, in this process: probe and record every target, plan, validate."""
     from scheduler import report as render
     from scheduler.dispatch import RayDispatcher
     from scheduler.events import Manual
     from scheduler.ledger import Ledger
     from scheduler.planning import Planner
+    from scheduler.sweep import plan_event, probe_targets
     from scheduler.validate import run_validation
 
     ledger = Ledger(loaded.config.ledger, loaded.base_dir)
     dispatcher = RayDispatcher.for_one_shot(loaded)
-    dispatcher.start()
     try:
-        for target, stack in dispatcher.probe(sorted(loaded.config.targets), 60).items():
-            if isinstance(stack, dict):
-                ledger.record_fingerprint(target, stack)
-            else:
-                ledger.set_target_state(target, "unreachable", stack)
-        plan = Planner(loaded).plan(Manual(target=args.target, force=args.force), ledger.latest_fingerprints(),
-                                    lambda keys: ledger.known_job_keys(keys, include_finished=not args.force))
+        dispatcher.start()
+        probe_targets(dispatcher, ledger, loaded.config.targets, 60)
+        plan = plan_event(Planner(loaded), ledger, Manual(target=args.target, force=args.force))
         result = run_validation(loaded, plan.jobs, ledger, dispatcher)
     finally:
         dispatcher.shutdown()

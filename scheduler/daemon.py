@@ -5,7 +5,13 @@ process left queued or running, catches up a missed nightly sweep, and starts th
 the nightly schedule and the HTTP server. The main thread turns events into jobs; a
 dispatcher thread runs them on Ray. SIGTERM or SIGINT stops it: no new work, in-flight jobs
 get `daemon.drain_seconds` to finish, the rest is cancelled and left queued for the next
-start, and the process exits 0.
+start, and the process exits 0. A second signal during that wait exits at once with code 3
+(the work was interrupted): runs in flight stay `running` in the ledger, and the next start
+resumes them.
+
+The config and what is derived from it (the planner, the current job keys) are one frozen
+value, `Daemon.running`, replaced whole on a reload or a refresh of the keys: a scrape, a poll
+or an event handler reads it once and never sees a config with another config's keys.
 
 The ledger may refuse writes for a while (locked by another process, a full disk): the
 dispatcher keeps results until they are written, planned jobs wait in memory until they are
@@ -20,9 +26,12 @@ import logging
 import os
 import queue
 import signal
+import sys
 import threading
 import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Mapping
 
 import sqlalchemy as sa
 
@@ -30,35 +39,56 @@ from runners.contracts import JobSpec
 from scheduler.access import TokenError, ensure_token
 from scheduler.config import ConfigError, LoadedConfig, load_config
 from scheduler.dispatch import InfrastructureError, RayDispatcher
-from prometheus_client import CONTENT_TYPE_LATEST
-
-from scheduler.events import ConfigChanged, Event, Manual, Scheduled, StackChanged
+from scheduler.events import ConfigChanged, Event, Scheduled, StackChanged
 from scheduler.exporter import Exporter, Snapshot
-from scheduler.gates import CurrentKeys, Gate, compute_gates, current_keys, gates_document
-from scheduler import compare
-from scheduler.http import HttpServer, Response, Route, json_response
+from scheduler.gates import CurrentKeys, current_keys
+from scheduler.http import HttpServer, Route
 from scheduler.ledger import Ledger, LedgerError
 from scheduler.planning import Planner
 from scheduler.schedule import UTC, build_scheduler, last_due, missed_sweep
-from scheduler.validate import LedgerListener
+from scheduler.sweep import plan_event, probe_targets
+from scheduler.validate import EXIT_INTERNAL, LedgerListener
 
 log = logging.getLogger("revalidator.daemon")
 STARTUP_PROBE_SECONDS = 30.0
+# A second SIGTERM/SIGINT: the process ends without waiting for its work, an interruption (docs/faults.md).
+EXIT_FORCED = EXIT_INTERNAL
+
+
+@dataclass(frozen=True)
+class Running:
+    """The config the daemon runs on and what follows from it; replaced whole, never edited."""
+
+    loaded: LoadedConfig
+    planner: Planner
+    keys: CurrentKeys = field(default_factory=dict)  # what the gates compare against; never mutated
+    keys_from: Mapping[str, str] = field(default_factory=dict)  # target -> the stack hash the keys came from
 
 
 class Daemon:
+    """The long-running process. Its collaborators are built here; `start()` opens what needs the
+    network (the HTTP server, Ray) and `shutdown()` closes whatever was opened, also after a failed start."""
+
     def __init__(self, loaded: LoadedConfig, listen: str | None = None) -> None:
-        self.loaded = loaded
-        self.listen = listen or loaded.config.daemon.listen
+        cfg = loaded.config
+        self.running = Running(loaded, Planner(loaded))
+        self.listen = listen or cfg.daemon.listen
         self.stop_event = threading.Event()
         self.events: queue.Queue[Event] = queue.Queue()
         self.ready = False
+        self.start_error: str | None = None  # why start() failed, for /healthz and /readyz
         self.started_at = time.time()
+        self._signals = 0
         self._config_stamp = self._stamp()
         self._poll_lock = threading.Lock()
         self.last_poll_at: float | None = None
-        self.keys: CurrentKeys = {}
-        self._keys_from: dict[str, str] = {}  # target -> the stack hash the keys were computed from
+        self.ledger = Ledger(cfg.ledger, loaded.base_dir)  # LedgerError: nothing else is open yet
+        self.listener = LedgerListener(self.ledger)
+        self.exporter = Exporter(self.ledger, self.snapshot)
+        self.dispatcher = RayDispatcher(loaded)
+        self.scheduler = build_scheduler(cfg.schedule, self.poll_quietly, self.nightly, self._missed)
+        self.http: HttpServer | None = None
+        self._worker: threading.Thread | None = None
         self.missed_schedules = 0
         self.ledger_errors = 0  # failed ledger reads while handling events (writes are counted by the ledger)
         self._unqueued: list[JobSpec] = []  # planned, not yet in the ledger: it refused the write
@@ -66,12 +96,28 @@ class Daemon:
         self._retry_at = 0.0
         self._retry_failures = 0
 
+    @property
+    def loaded(self) -> LoadedConfig:
+        return self.running.loaded
+
+    @property
+    def unqueued_jobs(self) -> int:
+        """Planned jobs the ledger has not taken yet (it refused the write)."""
+        return len(self._unqueued)
+
     # -- start-up -----------------------------------------------------------------------------
     def start(self) -> None:
+        """Serve HTTP, connect Ray, resume, poll once, schedule. A failure is kept in `start_error`
+        (/healthz and /readyz answer it while the server is up) and raised; shutdown() then cleans up."""
+        try:
+            self._start()
+        except Exception as exc:
+            self.start_error = "; ".join(exc.errors) if isinstance(exc, ConfigError) else str(exc) or repr(exc)
+            log.error("start failed", extra={"fields": {"error": self.start_error}})
+            raise
+
+    def _start(self) -> None:
         cfg = self.loaded.config
-        self.ledger = Ledger(cfg.ledger, self.loaded.base_dir)
-        self.listener = LedgerListener(self.ledger)
-        self.exporter = Exporter(self.ledger, self.snapshot)
         settings = cfg.daemon
         try:
             token = ensure_token(settings, self.loaded.base_dir)
@@ -85,9 +131,7 @@ class Daemon:
             raise InfrastructureError(f"cannot listen on {self.listen}: {exc.strerror or exc}") from exc
         self.http.start()
         log.info("http listening", extra={"fields": {"address": self.http.address}})
-        self.dispatcher = RayDispatcher(self.loaded)
         self.dispatcher.start()
-        self.planner = Planner(self.loaded)
         resumed = self.ledger.unfinished()
         self.dispatcher.submit(resumed)
         log.info("daemon started", extra={"fields": {"config": str(self.loaded.path), "resumed_jobs": len(resumed),
@@ -103,7 +147,6 @@ class Daemon:
         due = missed_sweep(cfg.schedule, self.ledger.last_scheduled_sweep(), dt.datetime.now(UTC))
         if due is not None:
             self.events.put(Scheduled(due=due.timestamp(), kind="catch-up"))
-        self.scheduler = build_scheduler(cfg.schedule, self.poll_quietly, self.nightly, self._missed)
         self.scheduler.start()
         # Render the per-slice metrics once now, so that the first scrape is as quick as the later ones.
         threading.Thread(target=self.exporter.render, name="metrics-warmup", daemon=True).start()
@@ -115,22 +158,19 @@ class Daemon:
         if not self._poll_lock.acquire(blocking=False):
             return
         try:
-            stale = self._check_config() or not self.keys  # whether the current job keys need recomputing
-            if self.planner.refresh():
+            self._check_config()
+            running = self.running  # this poll's config, whatever a concurrent reader sees next
+            stale = not running.keys  # whether the current job keys need recomputing
+            if running.planner.refresh():
                 stale = True
-                log.info("artifacts or data changed", extra={"fields": {"config": str(self.loaded.path)}})
+                log.info("artifacts or data changed", extra={"fields": {"config": str(running.loaded.path)}})
                 self.events.put(ConfigChanged(reason="an artifact, data or calibration file changed"))
-            cfg = self.loaded.config
+            cfg = running.loaded.config
             timeout = timeout or min(60.0, cfg.schedule.poll_interval_seconds)
-            for target, stack in self.dispatcher.probe(sorted(cfg.targets), timeout).items():
-                if isinstance(stack, str):
-                    self.ledger.set_target_state(target, "unreachable", stack)
-                    log.warning("target unreachable", extra={"fields": {"target": target, "detail": stack}})
-                    continue
-                diff = self.ledger.record_fingerprint(target, stack)
-                if self._keys_from.get(target) != stack["hash"]:  # a change, or a first look at a target
+            for target, (stack, diff) in probe_targets(self.dispatcher, self.ledger, cfg.targets, timeout).items():
+                if running.keys_from.get(target) != stack["hash"]:  # a change, or a first look at a target
                     stale = True
-                if not diff and self.ready and target not in self._keys_from:
+                if not diff and self.ready and target not in running.keys_from:
                     # First seen after start-up (unreachable until now): what was planned for it used
                     # no stack, so its gates would stay unknown until the nightly sweep. Plan it now;
                     # job keys already validated on this stack are skipped as usual.
@@ -154,17 +194,22 @@ class Daemon:
             log.exception("poll failed")
 
     def refresh_keys(self) -> None:
-        """The job key of every piece of work on the current stacks: what the gates compare against."""
+        """Recompute the current job keys (under the poll lock, the only writer of `running`)."""
+        self.running = self._with_keys(self.running)
+
+    def _with_keys(self, running: Running) -> Running:
+        """`running` with the job key of every piece of work on the ledger's latest stacks."""
         fingerprints = self.ledger.latest_fingerprints()
-        self.keys = current_keys(self.planner.jobs("current", fingerprints))
-        self._keys_from = {target: fp["hash"] for target, fp in fingerprints.items()}
+        return replace(running, keys=current_keys(running.planner.jobs("current", fingerprints)),
+                       keys_from={target: fp["hash"] for target, fp in fingerprints.items()})
 
     def _missed(self) -> None:
         self.missed_schedules += 1
         log.warning("scheduled run missed", extra={"fields": {"missed_total": self.missed_schedules}})
 
     def snapshot(self) -> Snapshot:
-        return Snapshot(loaded=self.loaded, keys=self.keys, last_poll_at=self.last_poll_at,
+        running = self.running
+        return Snapshot(loaded=running.loaded, keys=running.keys, last_poll_at=self.last_poll_at,
                         missed_schedules=self.missed_schedules,
                         ledger_errors=self.ledger_errors + self.ledger.health.errors,
                         ledger_writable=self.ledger.health.writable)
@@ -185,27 +230,30 @@ class Daemon:
         stamp = self._stamp()
         if stamp == self._config_stamp:
             return False
-        self._config_stamp = stamp
         try:
             loaded = load_config(self.loaded.path)
         except ConfigError as exc:
+            self._config_stamp = stamp
             log.error("config change rejected; keeping the running config", extra={"fields": {"errors": exc.errors}})
             return False
-        if loaded.hash != self.loaded.hash:
-            self.loaded = loaded
-            self.dispatcher.loaded = loaded
-            self.planner = Planner(loaded, self.planner.hasher)
-            log.info("config reloaded", extra={"fields": {"hash": loaded.hash}})
-            self.events.put(ConfigChanged())
-            return True
-        return False
+        if loaded.hash == self.loaded.hash:
+            self._config_stamp = stamp
+            return False
+        # Built whole before anyone sees it: the new config with its own planner and job keys (a ledger
+        # read that fails here leaves the stamp, so the next poll tries again). The dispatcher takes the
+        # config first, so that no job planned on the new config meets the old one there.
+        running = self._with_keys(Running(loaded, Planner(loaded, self.running.planner.hasher)))
+        self._config_stamp = stamp
+        self.dispatcher.loaded = loaded
+        self.running = running
+        log.info("config reloaded", extra={"fields": {"hash": loaded.hash}})
+        self.events.put(ConfigChanged())
+        return True
 
     # -- main loop ----------------------------------------------------------------------------
     def handle(self, event: Event) -> int:
         """Plan an event's jobs, queue them in the ledger, hand them to the dispatcher."""
-        fingerprints = self.ledger.latest_fingerprints()
-        force = isinstance(event, Scheduled) or (isinstance(event, Manual) and event.force)
-        plan = self.planner.plan(event, fingerprints, lambda keys: self._known(keys, include_finished=not force))
+        plan = plan_event(self.running.planner, self.ledger, event, [spec.job_key for spec in self._unqueued])
         sweep = self.ledger.start_sweep(event.kind, event.due) if isinstance(event, Scheduled) else None
         self._unqueued += plan.jobs  # from here on, each job is queued exactly once, now or on a later try
         try:
@@ -222,11 +270,6 @@ class Daemon:
                                                "jobs": len(plan.jobs), "already_done": plan.skipped_known,
                                                **({"target": event.target} if hasattr(event, "target") else {})}})
         return queued
-
-    def _known(self, keys: list[str], include_finished: bool) -> set[str]:
-        """Job keys queued, running (or, unless forced, done) in the ledger, or planned and waiting to be queued."""
-        waiting = {spec.job_key for spec in self._unqueued}
-        return self.ledger.known_job_keys(keys, include_finished) | (waiting & set(keys))
 
     def _queue_waiting(self) -> int:
         """Queue planned jobs in the ledger and hand each to the dispatcher; a refused write leaves the rest."""
@@ -275,12 +318,36 @@ class Daemon:
 
     def _trap_signals(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: self.stop_event.set())
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        """The first signal stops gracefully; a second one, as uvicorn does, exits at once."""
+        self._signals += 1
+        name = signal.Signals(signum).name
+        if self._signals == 1:
+            log.info("stop requested; a second signal exits at once", extra={"fields": {"signal": name}})
+            self.stop_event.set()
+            return
+        log.error("second signal: exiting now without waiting for the work in flight; its runs stay unfinished "
+                  "in the ledger and are resumed at the next start",
+                  extra={"fields": {"signal": name, "exit_code": EXIT_FORCED, "in_flight": self.dispatcher.in_flight()}})
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_FORCED)  # no cleanup may block: that is what the second signal asks for
 
     def run(self) -> int:
         """Run until SIGTERM/SIGINT; returns the exit code."""
         self._trap_signals()
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            try:
+                self.shutdown()
+            except Exception:  # the start's own error is the one to report
+                log.exception("shutdown after a failed start failed")
+            raise
         self._trap_signals()  # again: connecting Ray installs its own SIGTERM handler
         while not self.stop_event.is_set():
             self._retry_waiting()
@@ -296,67 +363,34 @@ class Daemon:
         return 0
 
     def shutdown(self) -> None:
+        """Stop what start() started, in reverse; safe after a start that failed part way."""
         started = time.monotonic()
-        log.info("shutting down", extra={"fields": {"drain_seconds": self.loaded.config.daemon.drain_seconds}})
+        cfg = self.loaded.config
+        log.info("shutting down", extra={"fields": {"drain_seconds": cfg.daemon.drain_seconds}})
         self.ready = False
-        self.scheduler.shutdown(wait=False)
         self.stop_event.set()
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
         # A poll in flight is waiting on Ray for probes: let it end (probes have their own deadline)
         # before Ray is shut down under it, which would end the whole process from that thread.
-        cfg = self.loaded.config
         if self._poll_lock.acquire(timeout=min(60.0, cfg.schedule.poll_interval_seconds) + 5):
             self._poll_lock.release()
         else:
             log.warning("a poll was still running at shutdown", extra={"fields": {}})
-        self._worker.join(timeout=5)
-        self.dispatcher.drain(self.listener, self.loaded.config.daemon.drain_seconds)
-        self.http.stop()
+        if self._worker is not None:
+            self._worker.join(timeout=5)
+        self.dispatcher.drain(self.listener, cfg.daemon.drain_seconds)
+        if self.http is not None:
+            self.http.stop()
         self.dispatcher.shutdown()
         self.ledger.close()
         log.info("stopped", extra={"fields": {"seconds": round(time.monotonic() - started, 2)}})
 
     # -- HTTP -----------------------------------------------------------------------------------
     def routes(self) -> dict[tuple[str, str], Route]:
-        return {("GET", "/healthz"): self._healthz, ("GET", "/readyz"): self._readyz,
-                ("POST", "/sweep"): self._sweep, ("GET", "/status"): self._status,
-                ("GET", "/metrics"): self._metrics, ("GET", "/gates"): self._gates,
-                ("GET", "/compare"): compare.route(self.ledger,
-                                                   lambda: self.loaded.config.metrics.max_cross_target_disagreement)}
+        from scheduler.endpoints import Endpoints
 
-    def _metrics(self, query: dict[str, str]) -> Response:
-        return 200, CONTENT_TYPE_LATEST, self.exporter.render()
-
-    def _gates(self, query: dict[str, str]) -> Response:
-        return json_response(200, gates_document(self._current_gates()))
-
-    def _current_gates(self) -> list[Gate]:
-        return compute_gates(self.ledger, self.loaded, self.keys)
-
-    def _healthz(self, query: dict[str, str]) -> Response:
-        return json_response(200, {"status": "ok", "uptime_seconds": round(time.time() - self.started_at, 1)})
-
-    def _readyz(self, query: dict[str, str]) -> Response:
-        if not self.ready:
-            return json_response(503, {"status": "starting" if not self.stop_event.is_set() else "stopping"})
-        health = self.ledger.health
-        if not health.writable:
-            return json_response(503, {"status": "ledger not writable", "ledger": health.where,
-                                       "error": health.last_error, "failing_since": health.failing_since,
-                                       "unwritten_reports": self.dispatcher.unwritten,
-                                       "unqueued_jobs": len(self._unqueued)})
-        return json_response(200, {"status": "ready", "last_poll_at": self.last_poll_at})
-
-    def _sweep(self, query: dict[str, str]) -> Response:
-        target = query.get("target") or None
-        if target is not None and target not in self.loaded.config.targets:
-            return json_response(400, {"error": f"no such target {target!r}"})
-        self.events.put(Manual(target=target, force=query.get("force") in ("1", "true", "yes")))
-        return json_response(202, {"queued": True, "target": target})
-
-    def _status(self, query: dict[str, str]) -> Response:
-        gates = [gate.to_dict() for gate in self._current_gates()]  # the same as /gates
-        return json_response(200, {"gates": gates, "targets": self.ledger.target_states(),
-                                   "jobs": self.dispatcher.in_flight(), "last_poll_at": self.last_poll_at})
+        return Endpoints(self).routes()
 
 
 def run_daemon(config_path: str | Path, listen: str | None = None) -> int:
