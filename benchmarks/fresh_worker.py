@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from examples.build import build  # noqa: E402
 from runners.contracts import ArtifactSpec, CheckSpec, JobSpec, SuiteSpec  # noqa: E402
-from scheduler.dispatch import _execute  # noqa: E402
+from scheduler.tasks import execute  # noqa: E402
 from scheduler.generations import STACK_ENV  # noqa: E402
 
 TARGET = "local-cpu"
@@ -70,8 +70,8 @@ def main() -> None:
 
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    task = ray.remote(max_retries=0)(_execute)
-    once = ray.remote(max_retries=0, max_calls=1)(_execute)
+    task = ray.remote(max_retries=0)(execute)
+    once = ray.remote(max_retries=0, max_calls=1)(execute)
     prefix = f"bench{os.getpid()}-"
     with tempfile.TemporaryDirectory() as tmp:
         demo = Path(tmp)

@@ -10,10 +10,9 @@ in-flight jobs get a drain deadline, then are cancelled and handed back for the 
 A job never runs in a worker started before its target's stack last changed, nor in one that was
 found running a stale runtime (scheduler/generations.py).
 
-Every report to the listener (a ledger write, in practice) goes through an outbox: a write
-that fails (the ledger locked by another process, a full disk) is kept in memory, in order,
-and retried with backoff; no job starts while writes wait, and a computed result is never
-dropped because the ledger could not take it at that moment.
+Every report to the listener (a ledger write, in practice) goes through an outbox
+(scheduler/outbox.py); no job starts while writes wait there. The task bodies and their
+placement are in scheduler/tasks.py.
 """
 
 from __future__ import annotations
@@ -24,7 +23,6 @@ import socket
 import sys
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -33,7 +31,9 @@ from scheduler.config import LoadedConfig
 from scheduler.config.schema import Placement
 from scheduler.generations import WorkerGenerations
 from scheduler.local_ray import Attachment, LocalRayError, SharedLocalRay, for_one_shot
-from scheduler.storage import LedgerError, LedgerWriteError
+from scheduler.outbox import Outbox
+from scheduler.storage import LedgerWriteError
+from scheduler.tasks import execute, placement_options, probe
 
 log = logging.getLogger("revalidator.dispatch")
 _AUTH_VARIABLES = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
@@ -41,12 +41,8 @@ _AUTH_VARIABLES = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
 # A local Ray advertises the machine's network address unless told otherwise; keep it on loopback.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
-# Fraction of a target's custom resource one job asks for: pins the task without limiting it.
-PIN_AMOUNT = 0.001
 # Longest single wait, so that stop requests and deadlines are noticed promptly.
 _TICK_SECONDS = 0.25
-# Backoff of a failed listener write: doubles from the first delay up to the last.
-WRITE_RETRY_SECONDS = (0.5, 30.0)
 
 
 class InfrastructureError(RuntimeError):
@@ -76,29 +72,6 @@ def check_reachable(address: str, timeout: float = 5.0) -> None:
         raise InfrastructureError(f"cannot start or reach {address}: {exc.strerror or exc}") from exc
 
 
-def _execute(spec: JobSpec) -> JobResult:
-    """The Ray task body; the harness and its heavy libraries load on the worker only."""
-    from runners.harness import run_job
-
-    return run_job(spec)
-
-
-def _probe(custom: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The probe task body: the stack of the node it lands on."""
-    from runners.probes import probe_stack
-
-    return probe_stack(custom=custom)
-
-
-def placement_options(where: str | Placement) -> dict[str, Any]:
-    """Ray task options that pin a job to its target's nodes."""
-    if where == "local" or not isinstance(where, Placement):
-        return {}
-    if where.resource is not None:
-        return {"resources": {where.resource: PIN_AMOUNT}}
-    return {"label_selector": dict(where.labels or {})}
-
-
 def error_result(spec: JobSpec, message: str, started: float) -> JobResult:
     return JobResult(job_id=spec.job_id, status="error", verdict=ERROR, error=message, error_kind="internal",
                      started_at=started, finished_at=time.time())
@@ -120,14 +93,6 @@ class _Running:
     submitted: float
 
 
-@dataclass
-class _Report:
-    """One listener call waiting in the outbox: the method's name and its arguments."""
-
-    method: str
-    args: tuple[Any, ...]
-
-
 class RayDispatcher:
     def __init__(self, loaded: LoadedConfig, address: str | None = None,
                  shared: SharedLocalRay | None = None) -> None:
@@ -145,11 +110,7 @@ class RayDispatcher:
         self._lock = threading.Lock()
         self.stopping = threading.Event()
         self.stop_reason: str | None = None
-        self._outbox: deque[_Report] = deque()
-        self._write_failures = 0  # consecutive failed attempts at the head of the outbox
-        self._write_retry_at = 0.0
-        self._write_failing_since: float | None = None  # monotonic time of the first failure in a row
-        self._write_error: str | None = None
+        self._outbox = Outbox()
         self.generations = WorkerGenerations()
 
     @classmethod
@@ -183,8 +144,8 @@ class RayDispatcher:
             where = self.address or "an embedded local Ray"
             raise InfrastructureError(f"cannot start or reach {where}: {exc}") from exc
         # Retries are ours (with backoff, recorded in the ledger), not Ray's.
-        self._job_task = ray.remote(max_retries=0)(_execute)
-        self._probe_task = ray.remote(max_retries=0, num_cpus=0)(_probe)
+        self._job_task = ray.remote(max_retries=0)(execute)
+        self._probe_task = ray.remote(max_retries=0, num_cpus=0)(probe)
         self.startup_seconds = time.perf_counter() - started
 
     def attach_shared(self) -> None:
@@ -281,10 +242,10 @@ class RayDispatcher:
         Raises LedgerWriteError once writes have failed for `give_up_writes_after` seconds in a row."""
         while self.busy and not self.stopping.is_set():
             self.step(listener)
-            since = self._write_failing_since
+            since = self._outbox.failing_since
             if give_up_writes_after is not None and since is not None \
                     and time.monotonic() - since >= give_up_writes_after:
-                raise LedgerWriteError(f"{self._write_error} (gave up after {give_up_writes_after:g}s of failed "
+                raise LedgerWriteError(f"{self._outbox.error} (gave up after {give_up_writes_after:g}s of failed "
                                        f"writes; {len(self._outbox)} report(s) not recorded)")
 
     def serve(self, listener: Listener, stop: threading.Event) -> None:
@@ -316,14 +277,10 @@ class RayDispatcher:
             self._ray.cancel(ref, force=True)
             del self._running[ref]
             self._tell(listener, "handed_back", flight.pending.run_id, flight.pending.spec, "cancelled by shutdown")
-        while self._outbox and time.monotonic() < until:
-            self._write_retry_at = 0.0
-            if not self._flush(listener):
-                time.sleep(_TICK_SECONDS)
+        self._outbox.flush_until(listener, until, _TICK_SECONDS)
         if self._outbox:
             log.error("ledger writes lost at shutdown; their runs stay unfinished and are re-run at the next start",
-                      extra={"fields": {"unwritten": len(self._outbox),
-                                        "runs": sorted({r.args[0] for r in self._outbox})}})
+                      extra={"fields": {"unwritten": len(self._outbox), "runs": self._outbox.run_ids()}})
 
     def stop(self, reason: str) -> None:
         """Ask a one-shot run to stop (from a signal handler: only sets state)."""
@@ -342,11 +299,7 @@ class RayDispatcher:
             pending.append(flight.pending)
         for p in pending:
             self._tell(listener, "ended", p.run_id, p.spec, "cancelled", reason)
-        until = time.monotonic() + write_seconds
-        while self._outbox and time.monotonic() < until:
-            self._write_retry_at = 0.0
-            if not self._flush(listener):
-                time.sleep(_TICK_SECONDS)
+        self._outbox.flush_until(listener, time.monotonic() + write_seconds, _TICK_SECONDS)
 
     def step(self, listener: Listener) -> None:
         self._flush(listener)
@@ -354,37 +307,11 @@ class RayDispatcher:
         self._collect(listener, _TICK_SECONDS)
         self._expire(listener)
 
-    # -- the outbox -----------------------------------------------------------------------------
     def _tell(self, listener: Listener, method: str, *args: Any) -> None:
-        """Report to the listener; behind earlier reports that are still waiting to be written."""
-        self._outbox.append(_Report(method, args))
-        self._flush(listener)
+        self._outbox.tell(listener, method, *args)
 
     def _flush(self, listener: Listener) -> bool:
-        """Deliver waiting reports in order; True when none is left. A failure waits out its backoff."""
-        if self._outbox and time.monotonic() < self._write_retry_at:
-            return False
-        while self._outbox:
-            report = self._outbox[0]
-            try:
-                getattr(listener, report.method)(*report.args)
-            except LedgerError as exc:
-                self._write_failures += 1
-                self._write_error = str(exc)
-                if self._write_failing_since is None:
-                    self._write_failing_since = time.monotonic()
-                first, last = WRITE_RETRY_SECONDS
-                delay = min(last, first * 2 ** (self._write_failures - 1))
-                self._write_retry_at = time.monotonic() + delay
-                log.warning("ledger write failed; kept in memory and retried", extra={"fields": {
-                    "report": report.method, "about": report.args[0], "unwritten": len(self._outbox),
-                    "retry_in_seconds": delay, "error": str(exc)}})
-                return False
-            self._outbox.popleft()
-            if self._write_failures:
-                log.info("ledger writes resumed", extra={"fields": {"after_failures": self._write_failures}})
-            self._write_failures, self._write_retry_at, self._write_failing_since = 0, 0.0, None
-        return True
+        return self._outbox.flush(listener)
 
     # -- internals ----------------------------------------------------------------------------
     def _available(self) -> tuple[dict[str, float], list[dict[str, str]]]:

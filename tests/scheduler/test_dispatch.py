@@ -9,7 +9,8 @@ import pytest
 
 from runners.contracts import JobSpec
 from scheduler.config import load_config
-from scheduler.dispatch import RayDispatcher, placement_options
+from scheduler.dispatch import RayDispatcher
+from scheduler.tasks import placement_options
 from scheduler.config.schema import Placement
 from scheduler.ledger import Ledger
 from scheduler.planning import plan

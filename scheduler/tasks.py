@@ -1,0 +1,38 @@
+"""The Ray task bodies the dispatcher submits, and the options that pin them to a target's nodes.
+
+Kept apart from the dispatcher so that a worker unpickling a task imports this small module,
+not the dispatcher's; the harness and its heavy libraries load on the worker only, when a task runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from runners.contracts import JobResult, JobSpec
+from scheduler.config.schema import Placement
+
+# Fraction of a target's custom resource one job asks for: pins the task without limiting it.
+PIN_AMOUNT = 0.001
+
+
+def execute(spec: JobSpec) -> JobResult:
+    """The Ray task body; the harness and its heavy libraries load on the worker only."""
+    from runners.harness import run_job
+
+    return run_job(spec)
+
+
+def probe(custom: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The probe task body: the stack of the node it lands on."""
+    from runners.probes import probe_stack
+
+    return probe_stack(custom=custom)
+
+
+def placement_options(where: str | Placement) -> dict[str, Any]:
+    """Ray task options that pin a job to its target's nodes."""
+    if where == "local" or not isinstance(where, Placement):
+        return {}
+    if where.resource is not None:
+        return {"resources": {where.resource: PIN_AMOUNT}}
+    return {"label_selector": dict(where.labels or {})}
