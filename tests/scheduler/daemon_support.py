@@ -10,32 +10,48 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Mapping, Sequence
 
 from scheduler.ledger import Ledger
 from tests.conftest import REPO
 from tests.e2e.observability import free_port, wait_for  # noqa: F401 (re-exported for the daemon tests)
 
 
-def cluster_config(tmp: Path, demo: Path, targets: dict[str, str], *, slow: bool = False, poll: float = 2,
-                   extra: str = "", runner: str | None = None, daemon_extra: str = "") -> Path:
-    """Targets pinned by custom resource, each with a firmware file probe, over the demo models."""
+CANDIDATES = {  # the demo's candidates by name: file, quantization
+    "int8": ("digits-int8-dynamic.onnx", "{method: dynamic, weight_bits: 8}"),
+    "w8a3": ("digits-w8a3.onnx", "{method: static-per-tensor-truncating, weight_bits: 8, activation_bits: 3}"),
+}
+CLUSTER_RAY = "job_timeout_seconds: 120, unschedulable_after_seconds: 6, max_attempts: 3, retry_backoff_seconds: 0.5"
+
+
+def cluster_config(tmp: Path, demo: Path, targets: Mapping[str, str | None], *, slow: bool = False, poll: float = 2,
+                   extra: str = "", runner: str | None = None, daemon_extra: str = "", drain: float = 3,
+                   ray: str = CLUSTER_RAY, probes: bool = True, candidates: Sequence[str] = ("int8", "w8a3"),
+                   slice_checks: bool = True, listen: str | None = None, firmware: str = "1.0") -> Path:
+    """The daemon tests' config over the demo digits model: each target pinned by its custom resource
+    (None: wherever Ray runs it) with, unless `probes` is False, a firmware file probe holding `firmware`."""
     runner = runner or ("tests.plugins:SlowOnnxRunner" if slow else "onnxruntime")
+    runners = ", ".join(dict.fromkeys(["onnxruntime", f'"{runner}"' if runner != "onnxruntime" else runner]))
     target_lines = []
     for name, resource in targets.items():
-        firmware = tmp / f"firmware-{name}"
-        if not firmware.exists():
-            firmware.write_text("1.0\n")
-        target_lines.append(f"""  {name}:
-    where: {{resource: "{resource}"}}
-    runners: [onnxruntime, "{runner}"]
-    options: {{onnxruntime: {{intra_op_threads: 1}}}}
-    probes: {{firmware: {{file: {firmware}}}}}""")
+        lines = [f"  {name}:"] + ([f'    where: {{resource: "{resource}"}}'] if resource else [])
+        lines += [f"    runners: [{runners}]", "    options: {onnxruntime: {intra_op_threads: 1}}"]
+        if probes:
+            probe = tmp / f"firmware-{name}"
+            if not probe.exists():
+                probe.write_text(f"{firmware}\n")
+            lines.append(f"    probes: {{firmware: {{file: {probe}}}}}")
+        target_lines.append("\n".join(lines))
+    candidate_lines = "\n".join(f"""      {name}:
+        path: {demo / CANDIDATES[name][0]}
+        runner: "{runner}"
+        quantization: {CANDIDATES[name][1]}""" for name in candidates)
     path = tmp / "targets.yaml"
     path.write_text(f"""version: 1
 ledger: sqlite:///{tmp / 'ledger.db'}
-ray: {{job_timeout_seconds: 120, unschedulable_after_seconds: 6, max_attempts: 3, retry_backoff_seconds: 0.5}}
-schedule: {{poll_interval_seconds: {poll}, nightly: "0 2 * * *"}}
-daemon: {{listen: "127.0.0.1:{free_port()}", drain_seconds: 3, log_format: json{daemon_extra}}}
+ray: {{{ray}}}
+schedule: {{poll_interval_seconds: {poll:g}, nightly: "0 2 * * *"}}
+daemon: {{listen: "{listen or f'127.0.0.1:{free_port()}'}", drain_seconds: {drain:g}, log_format: json{daemon_extra}}}
 targets:
 {chr(10).join(target_lines)}
 models:
@@ -43,14 +59,7 @@ models:
     baseline: {{path: {demo / 'digits-fp32.onnx'}, runner: onnxruntime}}
     suites: [digits]
     candidates:
-      int8:
-        path: {demo / 'digits-int8-dynamic.onnx'}
-        runner: "{runner}"
-        quantization: {{method: dynamic, weight_bits: 8}}
-      w8a3:
-        path: {demo / 'digits-w8a3.onnx'}
-        runner: "{runner}"
-        quantization: {{method: static-per-tensor-truncating, weight_bits: 8, activation_bits: 3}}
+{candidate_lines}
 suites:
   digits:
     data: {demo / 'digits-eval.npz'}
@@ -58,8 +67,7 @@ suites:
     slices: [scan]
     min_slice_size: 50
     checks: {{max_drop: 0.03}}
-    slice_checks: {{max_drop: 0.08}}
-{extra}""")
+{"    slice_checks: {max_drop: 0.08}" + chr(10) if slice_checks else ""}{extra}""")
     return path
 
 

@@ -7,6 +7,8 @@ firmware file probe, so a stack change on one target is a file written by the te
 from __future__ import annotations
 
 import datetime as dt
+import shutil
+import signal
 import time
 from collections import Counter
 from pathlib import Path
@@ -124,6 +126,44 @@ def test_sigterm_mid_job_stops_within_the_drain_deadline_with_the_ledger_consist
     daemons.append(again)
     again.wait_ready()
     wait_for(lambda: Counter(r["status"] for r in runs(config)) == {"finished": 6}, 120, "the resumed jobs")
+
+
+def test_a_second_signal_exits_at_once_with_3_and_the_run_in_flight_stays_in_the_ledger(cluster, demo_dir, tmp_path,
+                                                                                          daemons):
+    demo = tmp_path / "demo"
+    demo.mkdir()
+    for name in ("digits-fp32.onnx", "digits-int8-dynamic.onnx", "digits-eval.npz"):
+        shutil.copy(demo_dir / name, demo / name)
+    hold = demo / "digits-int8-dynamic.onnx.hold"  # the job runs until this file goes
+    hold.touch()
+    # A drain far longer than the test: the graceful stop can only end by the second signal.
+    config = cluster_config(tmp_path, demo, {"a": "target:a"}, runner="tests.plugins:HeldOnnxRunner",
+                            candidates=("int8",), drain=900)
+    daemon = DaemonProcess(config, cluster.address)
+    daemons.append(daemon)
+    try:
+        daemon.wait_ready()
+        wait_for(lambda: [r["status"] for r in runs(config)] == ["running"], 60, "the held job to run")
+        daemon.proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: "shutting down" in [line["msg"] for line in daemon.logs()], 30, "the graceful stop")
+        daemon.proc.send_signal(signal.SIGINT)
+        assert daemon.proc.wait(timeout=60) == 3
+        logs = daemon.logs()
+        messages = [line["msg"] for line in logs]
+        assert "stop requested; a second signal exits at once" in messages
+        forced = [line for line in logs if line["msg"].startswith("second signal: exiting now")]
+        assert len(forced) == 1 and forced[0]["signal"] == "SIGINT" and forced[0]["exit_code"] == 3
+        assert forced[0]["in_flight"]["running"] == 1
+        assert "stopped" not in messages and "job handed back" not in messages  # it did not wait for the drain
+        recorded = runs(config)  # the run in flight is kept as it was, and is what the next start resumes
+        assert [(r["status"], r["candidate"], r["target"]) for r in recorded] == [("running", "int8", "a")]
+        ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+        try:
+            assert [run_id for run_id, _ in ledger.unfinished()] == [recorded[0]["run_id"]]
+        finally:
+            ledger.close()
+    finally:
+        hold.unlink(missing_ok=True)
 
 
 def test_kill_9_mid_sweep_then_restart_records_everything_exactly_once(cluster, demo_dir, tmp_path, daemons):
