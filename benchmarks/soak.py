@@ -58,39 +58,13 @@ def free_port() -> int:
 
 
 def write_config(work: Path, demo: Path, port: int, poll: float) -> Path:
-    lines = [f"""version: 1
-ledger: sqlite:///{work / 'ledger.db'}
-ray: {{job_timeout_seconds: 300, unschedulable_after_seconds: 120, max_attempts: 3, retry_backoff_seconds: 0.5}}
-schedule: {{poll_interval_seconds: {poll:g}, nightly: "0 2 * * *"}}
-daemon: {{listen: "127.0.0.1:{port}", drain_seconds: 10, log_format: json}}
-targets:"""]
-    for name in TARGETS:
-        (work / f"firmware-{name}").write_text("1\n")
-        lines.append(f"""  {name}:
-    where: {{resource: "target:{name}"}}
-    runners: [onnxruntime]
-    options: {{onnxruntime: {{intra_op_threads: 1}}}}
-    probes: {{firmware: {{file: {work / f'firmware-{name}'}}}}}""")
-    lines.append(f"""models:
-  digits-mlp:
-    baseline: {{path: {demo / 'digits-fp32.onnx'}, runner: onnxruntime}}
-    suites: [digits]
-    candidates:
-      int8:
-        path: {demo / 'digits-int8-dynamic.onnx'}
-        runner: onnxruntime
-        quantization: {{method: dynamic, weight_bits: 8}}
-suites:
-  digits:
-    data: {demo / 'digits-eval.npz'}
-    task: classification
-    slices: [scan]
-    min_slice_size: 50
-    checks: {{max_drop: 0.03}}
-""")
-    path = work / "targets.yaml"
-    path.write_text("\n".join(lines))
-    return path
+    """The daemon tests' config: every target pinned by its resource with a firmware file probe, one candidate."""
+    from tests.scheduler.daemon_support import cluster_config
+
+    return cluster_config(work, demo, {name: f"target:{name}" for name in TARGETS}, poll=poll, drain=10,
+                          ray="job_timeout_seconds: 300, unschedulable_after_seconds: 120, max_attempts: 3, "
+                              "retry_backoff_seconds: 0.5",
+                          candidates=("int8",), slice_checks=False, listen=f"127.0.0.1:{port}", firmware="1")
 
 
 class Timings:

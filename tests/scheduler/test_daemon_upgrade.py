@@ -12,46 +12,16 @@ import pytest
 
 from scheduler.ledger import Ledger
 from tests.envs import ORT_NEW, ORT_OLD, install, layered_env
-from tests.scheduler.daemon_support import DaemonProcess, free_port, runs, wait_for
+from tests.scheduler.daemon_support import DaemonProcess, cluster_config, runs, wait_for
 from tests.scheduler.test_exporter import samples
 
 pytestmark = pytest.mark.ray
 
 
 def local_config(tmp: Path, demo: Path) -> Path:
-    path = tmp / "targets.yaml"
-    path.write_text(f"""version: 1
-ledger: sqlite:///{tmp / 'ledger.db'}
-ray: {{num_cpus: 2, job_timeout_seconds: 120, max_attempts: 2, retry_backoff_seconds: 0.5}}
-schedule: {{poll_interval_seconds: 2, nightly: "0 2 * * *"}}
-daemon: {{listen: "127.0.0.1:{free_port()}", drain_seconds: 3, log_format: json}}
-targets:
-  local-cpu:
-    runners: [onnxruntime]
-    options: {{onnxruntime: {{intra_op_threads: 1}}}}
-models:
-  digits-mlp:
-    baseline: {{path: {demo / 'digits-fp32.onnx'}, runner: onnxruntime}}
-    suites: [digits]
-    candidates:
-      int8:
-        path: {demo / 'digits-int8-dynamic.onnx'}
-        runner: onnxruntime
-        quantization: {{method: dynamic, weight_bits: 8}}
-      w8a3:
-        path: {demo / 'digits-w8a3.onnx'}
-        runner: onnxruntime
-        quantization: {{method: static-per-tensor-truncating, weight_bits: 8, activation_bits: 3}}
-suites:
-  digits:
-    data: {demo / 'digits-eval.npz'}
-    task: classification
-    slices: [scan]
-    min_slice_size: 50
-    checks: {{max_drop: 0.03}}
-    slice_checks: {{max_drop: 0.08}}
-""")
-    return path
+    """One target wherever the embedded Ray runs, no probe of its own: the stack change is the upgrade."""
+    return cluster_config(tmp, demo, {"local-cpu": None}, probes=False,
+                          ray="num_cpus: 2, job_timeout_seconds: 120, max_attempts: 2, retry_backoff_seconds: 0.5")
 
 
 def ended(config: Path, trigger: str) -> list[dict]:
