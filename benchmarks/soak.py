@@ -120,13 +120,13 @@ def burst(url: str, timings: Timings, clients: int = 200) -> None:
 
 
 def kill_a_running_job(deadline: float) -> int | None:
-    """SIGKILL one Ray worker while it runs a job (its process title is ray::_execute)."""
+    """SIGKILL one Ray worker while it runs a job (its process title is ray::execute)."""
     while time.monotonic() < deadline:
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
                 continue
             try:
-                if (entry / "cmdline").read_bytes().startswith(b"ray::_execute"):
+                if (entry / "cmdline").read_bytes().startswith(b"ray::execute"):
                     os.kill(int(entry.name), signal.SIGKILL)
                     return int(entry.name)
             except OSError:
