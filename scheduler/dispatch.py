@@ -30,13 +30,13 @@ from runners.contracts import ERROR, JobResult, JobSpec
 from scheduler.config import LoadedConfig
 from scheduler.config.schema import Placement
 from scheduler.generations import WorkerGenerations
-from scheduler.local_ray import Attachment, LocalRayError, SharedLocalRay, for_one_shot
+from scheduler.local_ray import SharedLocalRay, for_one_shot
 from scheduler.outbox import Outbox
+from scheduler.ray_attach import SharedRay
 from scheduler.storage import LedgerWriteError
 from scheduler.tasks import execute, placement_options, probe
 
 log = logging.getLogger("revalidator.dispatch")
-_AUTH_VARIABLES = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
 
 # A local Ray advertises the machine's network address unless told otherwise; keep it on loopback.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -98,10 +98,7 @@ class RayDispatcher:
                  shared: SharedLocalRay | None = None) -> None:
         self.loaded = loaded
         self.address = address or loaded.config.ray.address or os.environ.get("RAY_ADDRESS")
-        self.shared = None if self.address else shared  # a local Ray kept between one-shot commands
-        self._attachment: Attachment | None = None
-        self._saved_auth: dict[str, str | None] = {}
-        self.ray_origin = "address" if self.address else "embedded"
+        self._shared = SharedRay(None if self.address else shared)  # a local Ray kept between one-shot commands
         self.startup_seconds = 0.0
         self._started_ray = False
         self._ray: Any = None
@@ -122,7 +119,7 @@ class RayDispatcher:
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
         started = time.perf_counter()
-        if self._attachment is None and "ray" not in sys.modules:
+        if self._shared.attachment is None and "ray" not in sys.modules:
             self.attach_shared()
         import ray
 
@@ -134,7 +131,7 @@ class RayDispatcher:
                 if self.address:
                     check_reachable(self.address)
                     ray.init(address=self.address, **kwargs)
-                elif not (self._attachment and self._init_shared(kwargs)):
+                elif not self._shared.init(ray, kwargs):
                     # "local": a new instance, never whatever cluster this machine started last
                     ray.init(address="local", num_cpus=self.loaded.config.ray.num_cpus, **kwargs)
                 self._started_ray = True
@@ -148,43 +145,21 @@ class RayDispatcher:
         self._probe_task = ray.remote(max_retries=0, num_cpus=0)(probe)
         self.startup_seconds = time.perf_counter() - started
 
+    @property
+    def ray_origin(self) -> str:
+        """Which Ray this dispatcher uses: "address", "embedded", "shared, started" or "shared, reused"."""
+        return "address" if self.address else self._shared.origin
+
     def attach_shared(self) -> None:
         """Attach to the shared local Ray, starting it if needed; where that fails this command starts
         its own, and says why. Called before Ray is imported: Ray reads its token settings once, then."""
-        if self.shared is None or self._attachment is not None:
-            return
-        try:
-            self._attachment = self.shared.attach()
-        except (LocalRayError, OSError) as exc:
-            log.warning("starting an embedded Ray instead of the shared one", extra={"fields": {"reason": str(exc)}})
-            return
-        self._saved_auth = {name: os.environ.get(name) for name in _AUTH_VARIABLES}
-        os.environ["RAY_AUTH_MODE"], os.environ["RAY_AUTH_TOKEN"] = "token", self._attachment.token
-        os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
-        self.ray_origin = "shared, started" if self._attachment.started else "shared, reused"
-
-    def _init_shared(self, kwargs: dict[str, Any]) -> bool:
-        try:
-            self._ray.init(address=self._attachment.address, **kwargs)
-            return True
-        except Exception as exc:  # a head that died since it answered: this command starts its own
-            log.warning("starting an embedded Ray instead of the shared one", extra={"fields": {"reason": str(exc)}})
-            for name, value in self._saved_auth.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
-            self._attachment.release()
-            self._attachment, self.ray_origin = None, "embedded"
-            return False
+        self._shared.attach()
 
     def shutdown(self) -> None:
         if self._started_ray and self._ray is not None:
             self._ray.shutdown()
             self._started_ray = False
-        if self._attachment is not None:
-            self._attachment.release()
-            self._attachment = None
+        self._shared.release()
 
     # -- probing ------------------------------------------------------------------------------
     def probe(self, targets: list[str], timeout: float) -> dict[str, dict[str, Any] | str]:

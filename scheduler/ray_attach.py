@@ -1,0 +1,62 @@
+"""A dispatcher's hold on the shared local Ray of one-shot commands (scheduler/local_ray.py).
+
+Ray reads its token settings once, when it is imported, so they are set here before that; where
+the shared instance cannot be attached or joined, they are put back and the command starts an
+embedded Ray of its own, saying why.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from scheduler.local_ray import Attachment, LocalRayError, SharedLocalRay
+
+log = logging.getLogger("revalidator.dispatch")
+_AUTH_VARIABLES = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+
+
+class SharedRay:
+    def __init__(self, shared: SharedLocalRay | None) -> None:
+        self.shared = shared  # None: this command starts (or reaches) a Ray of its own
+        self.attachment: Attachment | None = None
+        self.origin = "embedded"  # or "shared, started" / "shared, reused" once attached (kept after release)
+        self._saved_auth: dict[str, str | None] = {}
+
+    def attach(self) -> None:
+        """Attach to the shared instance, starting it if needed (before Ray is imported)."""
+        if self.shared is None or self.attachment is not None:
+            return
+        try:
+            self.attachment = self.shared.attach()
+        except (LocalRayError, OSError) as exc:
+            log.warning("starting an embedded Ray instead of the shared one", extra={"fields": {"reason": str(exc)}})
+            return
+        self._saved_auth = {name: os.environ.get(name) for name in _AUTH_VARIABLES}
+        os.environ["RAY_AUTH_MODE"], os.environ["RAY_AUTH_TOKEN"] = "token", self.attachment.token
+        os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
+        self.origin = "shared, started" if self.attachment.started else "shared, reused"
+
+    def init(self, ray: Any, kwargs: dict[str, Any]) -> bool:
+        """Join the attached instance; False (and detached, settings restored) where that fails."""
+        if self.attachment is None:
+            return False
+        try:
+            ray.init(address=self.attachment.address, **kwargs)
+            return True
+        except Exception as exc:  # a head that died since it answered: this command starts its own
+            log.warning("starting an embedded Ray instead of the shared one", extra={"fields": {"reason": str(exc)}})
+            for name, value in self._saved_auth.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+            self.release()
+            self.origin = "embedded"
+            return False
+
+    def release(self) -> None:
+        if self.attachment is not None:
+            self.attachment.release()
+            self.attachment = None
