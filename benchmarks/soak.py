@@ -240,6 +240,7 @@ def main() -> int:
     for key, *_ in finished:
         keys[key] = keys.get(key, 0) + 1
     stored, distinct = ledger_rows(ledger, "SELECT count(*), count(DISTINCT run_id || '/' || check_name || '/' || "
+                                           "coalesce(batch_size, '') || '/' || coalesce(metric, '') || '/' || "
                                            "dimension || '/' || value) FROM results")[0]
     lost = sum(1 for r in runs if r[1] != "finished" or r[2] == "error") + (0 if settled else 1)
     duplicates = sum(n - 1 for n in keys.values()) + (stored - distinct)

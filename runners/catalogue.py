@@ -82,13 +82,8 @@ def judge(name: str) -> Callable[..., Any]:
 
 
 def get(name: str) -> Check:
-    """The declaration of `name`; a batch-size or metric qualifier ("max_drop@batch=64") is ignored."""
-    return _CHECKS[kind(name)]
-
-
-def kind(name: str) -> str:
-    """The check without its qualifier: "max_drop@batch=64" -> "max_drop", "max_drop:acc" -> "max_drop"."""
-    return name.split("@", 1)[0].split(":", 1)[0]
+    """The declaration of `name`, a bare catalogue name (batch size and metric are fields of a result)."""
+    return _CHECKS[name]
 
 
 def names(task: str | None = None, family: str | None = None) -> tuple[str, ...]:

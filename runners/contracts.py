@@ -2,7 +2,8 @@
 
 This module imports nothing heavy: the scheduler builds a JobSpec, ships it to a
 Ray task on the target, and receives a JobResult back. Both carry a schema
-version so that a daemon and its workers can tell when they disagree.
+version so that a daemon and its workers can tell when they disagree (v2: a CheckResult
+names its check bare and carries the batch size and the external metric as fields).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-CONTRACT_VERSION = 1
+CONTRACT_VERSION = 2
 
 # Verdicts, from worst to best; a candidate's verdict is the worst of its checks.
 FAIL = "fail"
@@ -106,9 +107,9 @@ def job_spec_from_dict(data: dict[str, Any]) -> JobSpec:
 
 @dataclass
 class CheckResult:
-    """The judgement of one check on one slice."""
+    """The judgement of one check on one slice (at one batch size, of one external metric)."""
 
-    check: str
+    check: str  # the catalogue's name, bare (no batch size or metric in it)
     dimension: str
     value: str
     n: int
@@ -118,9 +119,28 @@ class CheckResult:
     tolerance: float
     verdict: str
     statistic: dict[str, float] = field(default_factory=dict)
+    batch_size: int | None = None  # the production batch size it was judged at (suite batch_sizes); None: one size
+    metric: str | None = None  # an external harness's metric ("acc"); None for the other tasks
 
     def __bool__(self) -> bool:
         return self.verdict == PASS
+
+    @property
+    def key(self) -> tuple[str, int | None, str | None]:
+        """What tells two results of one slice apart: the check, its batch size, its metric."""
+        return self.check, self.batch_size, self.metric
+
+    @property
+    def label(self) -> str:
+        """The check as a reader names it: the name, then "(batch 64)" or "(acc)" where it has one."""
+        return check_label(self.check, self.batch_size, self.metric)
+
+
+def check_label(check: str, batch_size: int | None = None, metric: str | None = None) -> str:
+    """A check with its batch size and metric, for people (never parsed back: the fields are the data)."""
+    qualifiers = [f"batch {batch_size}"] if batch_size is not None else []
+    qualifiers += [metric] if metric is not None else []
+    return f"{check} ({', '.join(qualifiers)})" if qualifiers else check
 
 
 @dataclass

@@ -222,7 +222,7 @@ def attach_evidence(checks: list[CheckResult], policy: Policy, magnitudes: Magni
             continue
         numerator, denominator, direction = rows
         evidence = bootstrap_evidence(numerator, denominator, check.tolerance, direction, policy,
-                                      f"{check.check}/{check.dimension}={check.value}")
+                                      f"{check.label}/{check.dimension}={check.value}")
         if evidence is not None:
             check.statistic.update(evidence)
 

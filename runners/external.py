@@ -124,9 +124,10 @@ def compare(baseline: dict[tuple[str, str], Score], candidate: dict[tuple[str, s
                 continue
             # Without a row count (n unknown) the slice size cannot be judged: decide on the figures.
             verdict = decide(n, suite.min_slice_size if base.n is not None else 0, above(drop, check.limit))
-            results.append(CheckResult(check=f"{check.name}:{metric}", dimension=TASK_DIMENSION, value=task, n=n,
+            results.append(CheckResult(check=check.name, dimension=TASK_DIMENSION, value=task, n=n,
                                        baseline=base.value, candidate=cand.value, delta=cand.value - base.value,
-                                       tolerance=check.limit, verdict=verdict, statistic=dict(statistic)))
+                                       tolerance=check.limit, verdict=verdict, statistic=dict(statistic),
+                                       metric=metric))
     if not results:
         raise DataError(f"no metric to compare in the results (metrics selected: {list(metrics or []) or 'all'})")
     return results

@@ -115,7 +115,7 @@ def _row_magnitudes(rows: RowMetrics, index: SliceIndex):
 def run_at_batch_sizes(spec: JobSpec, data: EvalData, provenance: dict[str, Any] | None = None,
                        kept: dict[str, Any] | None = None) -> tuple[list[CheckResult], list[dict[str, Any]]]:
     """The candidate at every production batch size against one baseline run; every check is
-    judged at each size (named "check@batch=N"), and the spread across sizes is reported.
+    judged at each size (its `batch_size` field says which), and the spread across sizes is reported.
 
     Dynamic quantization picks activation scales per batch, so the same rows can get different
     predictions at different batch sizes; the fp32 baseline is the batch-independent reference.
@@ -133,7 +133,7 @@ def run_at_batch_sizes(spec: JobSpec, data: EvalData, provenance: dict[str, Any]
             kept.update(outputs=(baseline, candidate), candidate_batch_size=size)
         for check in judge_outputs(baseline, candidate, data, spec.suite):
             measured.setdefault((check.check, check.dimension, check.value), []).append(check.candidate)
-            check.check = f"{check.check}@batch={size}"
+            check.batch_size = size
             checks.append(check)
     spread = [{"check": name, "dimension": dimension, "value": value, "min": min(values), "max": max(values),
                "spread": max(values) - min(values)}

@@ -22,6 +22,9 @@ _BLOCK_VALUES = 1 << 18
 # Row quantities summed per slice value, in the column order of RowMetrics.table.
 QUANTITIES = ("agree", "mean_abs", "kl", "cosine", "correct_baseline", "correct_candidate",
               "baseline_only", "candidate_only", "nonfinite")
+# Their rows in the table, by name (the C kernel writes the same order).
+(_AGREE, _MEAN_ABS, _KL, _COSINE, _CORRECT_B, _CORRECT_C, _B_ONLY, _C_ONLY,
+ _NONFINITE) = (QUANTITIES.index(q) for q in QUANTITIES)
 
 
 @dataclass
@@ -105,24 +108,24 @@ def _chunk(b: np.ndarray, c: np.ndarray, labels: np.ndarray | None, table: np.nd
     max_b, max_c = b.max(axis=0), c.max(axis=0)
     shifted_b, shifted_c = b - max_b, c - max_c
     top_b, top_c = _top1(shifted_b, selector, hits), _top1(shifted_c, selector, hits)
-    table[0] = top_b == top_c
+    table[_AGREE] = top_b == top_c
     diff = b - c
     exp_b = np.exp(shifted_b, out=shifted_b)
     total_b = exp_b.sum(axis=0)
     total_c = np.exp(shifted_c, out=shifted_c).sum(axis=0)
     # KL(p_b || p_c) = sum_k p_b,k (b_k - c_k) - logsumexp(b) + logsumexp(c)
-    table[2] = np.einsum("ij,ij->j", exp_b, diff) / total_b - max_b - np.log(total_b) + max_c + np.log(total_c)
+    table[_KL] = np.einsum("ij,ij->j", exp_b, diff) / total_b - max_b - np.log(total_b) + max_c + np.log(total_c)
     np.abs(diff, out=diff)
     diff.max(axis=0, out=max_abs)
-    table[1] = diff.sum(axis=0) / classes
+    table[_MEAN_ABS] = diff.sum(axis=0) / classes
     norms = np.sqrt(np.einsum("ij,ij->j", b, b) * np.einsum("ij,ij->j", c, c))
     dot = np.einsum("ij,ij->j", b, c)
-    table[3] = np.divide(dot, norms, out=np.ones_like(dot), where=norms > 0)
-    table[8] = ~(np.isfinite(b).all(axis=0) & np.isfinite(c).all(axis=0))
+    table[_COSINE] = np.divide(dot, norms, out=np.ones_like(dot), where=norms > 0)
+    table[_NONFINITE] = ~(np.isfinite(b).all(axis=0) & np.isfinite(c).all(axis=0))
     if labels is not None:
         right_b, right_c = top_b == labels, top_c == labels
-        table[4], table[5] = right_b, right_c
-        table[6], table[7] = right_b & ~right_c, ~right_b & right_c
+        table[_CORRECT_B], table[_CORRECT_C] = right_b, right_c
+        table[_B_ONLY], table[_C_ONLY] = right_b & ~right_c, ~right_b & right_c
 
 
 def _load_kernel() -> ctypes.CDLL | None:
@@ -212,13 +215,13 @@ def slice_stats(rm: RowMetrics, index: SliceIndex) -> dict[tuple[str, str], Grou
         mean = max(n, 1)
         labelled = rm.labelled
         out[key] = GroupStats(
-            n=n, agree=round(float(s[0])), max_abs=float(maxima[g]), mean_abs=float(s[1]) / mean,
-            kl=float(s[2]) / mean, cosine=float(s[3]) / mean,
-            correct_baseline=round(float(s[4])) if labelled else None,
-            correct_candidate=round(float(s[5])) if labelled else None,
-            baseline_only=round(float(s[6])) if labelled else None,
-            candidate_only=round(float(s[7])) if labelled else None,
-            nonfinite=round(float(s[8])))
+            n=n, agree=round(float(s[_AGREE])), max_abs=float(maxima[g]), mean_abs=float(s[_MEAN_ABS]) / mean,
+            kl=float(s[_KL]) / mean, cosine=float(s[_COSINE]) / mean,
+            correct_baseline=round(float(s[_CORRECT_B])) if labelled else None,
+            correct_candidate=round(float(s[_CORRECT_C])) if labelled else None,
+            baseline_only=round(float(s[_B_ONLY])) if labelled else None,
+            candidate_only=round(float(s[_C_ONLY])) if labelled else None,
+            nonfinite=round(float(s[_NONFINITE])))
     return out
 
 

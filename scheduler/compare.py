@@ -70,20 +70,30 @@ def cross_target(runs: list[dict[str, Any]], rows_of: Any, bound: float,
             for key, members in groups.items() if key[3] for a, b in itertools.combinations(members, 2)]
 
 
+def _key(check: dict[str, Any]) -> tuple[str, int | None, str | None]:
+    """What tells two results of one slice apart: the check, its batch size, its external metric."""
+    return check["check_name"], check.get("batch_size"), check.get("metric")
+
+
 def _gap_check(run: dict[str, Any]) -> dict[str, Any] | None:
-    aggregate = {c["check_name"]: c for c in run["checks"] if c["dimension"] == "all"
-                 and c["baseline"] is not None and c["candidate"] is not None}
+    """The aggregate result the gap is measured on (at the run's first batch size where there are several)."""
+    aggregate: dict[str, dict[str, Any]] = {}
+    for c in run["checks"]:
+        if c["dimension"] == "all" and c["baseline"] is not None and c["candidate"] is not None:
+            aggregate.setdefault(c["check_name"], c)
     return next((aggregate[n] for n in GAP_CHECKS if n in aggregate), next(iter(aggregate.values()), None))
 
 
-def diff_in_diff(before: dict[str, Any], after: dict[str, Any], check: str) -> list[dict[str, Any]]:
-    """Per slice of `check`: the baseline's and the candidate's moves and the change of their gap."""
-    old = {(c["dimension"], c["value"]): c for c in before["checks"] if c["check_name"] == check}
+def diff_in_diff(before: dict[str, Any], after: dict[str, Any], check: tuple[str, int | None, str | None]
+                 ) -> list[dict[str, Any]]:
+    """Per slice of `check` (name, batch size, metric): the baseline's and the candidate's moves and the
+    change of their gap."""
+    old = {(c["dimension"], c["value"]): c for c in before["checks"] if _key(c) == check}
     out = []
     for c in after["checks"]:
         prior = old.get((c["dimension"], c["value"]))
-        if c["check_name"] != check or prior is None or None in (c["baseline"], c["candidate"],
-                                                                 prior["baseline"], prior["candidate"]):
+        if _key(c) != check or prior is None or None in (c["baseline"], c["candidate"],
+                                                          prior["baseline"], prior["candidate"]):
             continue
         base_move, cand_move = c["baseline"] - prior["baseline"], c["candidate"] - prior["candidate"]
         did = cand_move - base_move
@@ -151,14 +161,15 @@ def stack_change(passing: dict[str, Any], failing: dict[str, Any],
     fp = [r["provenance"].get("fingerprint") or {} for r in (passing, failing)]
     changed = rowdiff.fingerprint_diff(*fp)
     check = _gap_check(failing)
-    slices = diff_in_diff(passing, failing, check["check_name"]) if check else []
+    slices = diff_in_diff(passing, failing, _key(check)) if check else []
     aggregate = next((s for s in slices if s["dimension"] == "all"), None)
     regressed = [f"{s['dimension']}={s['value']}" for s in slices if s["dimension"] != "all"
                  and s["reading"] == "the quantized path regressed on the new stack"]
     doc = {"target": failing["target"], "model": failing["model"], "candidate": failing["candidate"],
            "suite": failing["suite"], "last_pass": passing["run_id"], "first_fail": failing["run_id"],
            "same_candidate": candidate_sha(passing) == candidate_sha(failing),
-           "check": check["check_name"] if check else None, "aggregate": aggregate, "slices": slices,
+           "check": check["check_name"] if check else None, "batch_size": check.get("batch_size") if check else None,
+           "metric": check.get("metric") if check else None, "aggregate": aggregate, "slices": slices,
            "regressed_slices": regressed, "changed": changed,
            "reading": aggregate["reading"] if aggregate else "nothing to compare (no shared aggregate check)",
            "isolate": isolating_jobs(changed, fp[0], fingerprints, failing) if len(changed) > 1 else []}

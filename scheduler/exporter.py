@@ -203,14 +203,17 @@ class LedgerCollector:
         yield from (build, errors, writable, poll)
 
 
-# The per-slice families: (name, help, index of the value in a result row or None for pass).
+# The per-slice families: (name, help, the result column holding the value, or None for pass). Labels: the
+# run's target, model, candidate, suite, the slice's dimension and value, the check (its bare name), and
+# `batch_size` / `metric` only on results that have one (judged at a production batch size, an external metric).
 CHECK_FAMILIES = (
-    ("revalidator_check_candidate_value", "The candidate's value of the checked quantity on a slice.", 6),
-    ("revalidator_check_baseline_value", "The baseline's value of the checked quantity on the same slice.", 5),
-    ("revalidator_check_delta", "Candidate minus baseline on a slice.", 7),
-    ("revalidator_check_tolerance", "The check's tolerance, fixed in the config.", 8),
+    ("revalidator_check_candidate_value", "The candidate's value of the checked quantity on a slice.", "candidate"),
+    ("revalidator_check_baseline_value", "The baseline's value of the checked quantity on the same slice.",
+     "baseline"),
+    ("revalidator_check_delta", "Candidate minus baseline on a slice.", "delta"),
+    ("revalidator_check_tolerance", "The check's tolerance, fixed in the config.", "tolerance"),
     ("revalidator_check_pass", "1 if the check passed on the slice, 0 if it failed (judged slices only).", None),
-    ("revalidator_check_rows", "Rows in the slice.", 4),
+    ("revalidator_check_rows", "Rows in the slice.", "n"),
     ("revalidator_check_bound", "The confidence bound nearest the tolerance on a slice (upper for a quantity judged "
                                 "above its limit, lower for one judged below); only where the check has one.", "bound"),
     ("revalidator_check_inconclusive", "1 if the check's confidence bounds straddle its tolerance on the slice, 0 if "
@@ -240,14 +243,16 @@ class CheckSeries:
 
     def __init__(self) -> None:
         self._blocks: dict[tuple[str, tuple[str, str, str, str], int], tuple[str, ...]] = {}
+        # the label text of a (check, batch size, metric): a few distinct ones per suite, reused by every slice
+        self._checks: dict[tuple[str, int | None, str | None], str] = {}
 
     def render(self, ledger: Ledger, runs: SpeakingRuns, limit: int) -> str:
         wanted = {(run["run_id"], work, limit) for work, (run, _) in runs.items()}
         missing = [entry for entry in wanted if entry not in self._blocks]
         if missing:
-            rows_by_run: dict[str, list[tuple]] = {}
+            rows_by_run: dict[str, list[Any]] = {}
             for row in ledger.results_for([run_id for run_id, _, _ in missing], with_statistic=True):
-                rows_by_run.setdefault(row[0], []).append(row)
+                rows_by_run.setdefault(row.run_id, []).append(row)
             for entry in missing:
                 self._blocks[entry] = self._block(entry[1], _within_budget(rows_by_run.get(entry[0], []), limit))
         for stale in set(self._blocks) - wanted:
@@ -259,14 +264,24 @@ class CheckSeries:
             parts.extend(block[index] for block in ordered)
         return "".join(parts)
 
-    @staticmethod
-    def _block(work: tuple[str, str, str, str], rows: list[tuple]) -> tuple[str, ...]:
+    def _check_labels(self, check: str, batch_size: int | None, metric: str | None) -> str:
+        key = (check, batch_size, metric)
+        text = self._checks.get(key)
+        if text is None:
+            text = f'check="{_escape(check)}"'
+            text += f',batch_size="{batch_size}"' if batch_size is not None else ""
+            text += f',metric="{_escape(metric)}"' if metric is not None else ""
+            self._checks[key] = text
+        return text
+
+    def _block(self, work: tuple[str, str, str, str], rows: list[Any]) -> tuple[str, ...]:
         target, model, candidate, suite = (_escape(v) for v in work)
         prefix = f'target="{target}",model="{model}",candidate="{candidate}",suite="{suite}"'
         lines: list[list[str]] = [[] for _ in CHECK_FAMILIES]
         for row in rows:
-            _, check, dimension, value, _n, _b, _c, _d, _t, verdict, statistic = row
-            labels = f'{{{prefix},dimension="{_escape(dimension)}",slice="{_escape(value)}",check="{_escape(check)}"}}'
+            verdict, statistic = row.verdict, row.statistic
+            check = self._check_labels(row.check_name, row.batch_size, row.metric)
+            labels = f'{{{prefix},dimension="{_escape(row.dimension)}",slice="{_escape(row.value)}",{check}}}'
             for index, (name, _, column) in enumerate(CHECK_FAMILIES):
                 if column is None:
                     if verdict in ("pass", "fail"):
@@ -278,8 +293,8 @@ class CheckSeries:
                 elif column == "inconclusive":
                     if verdict in ("pass", "fail", "inconclusive"):
                         lines[index].append(f"{name}{labels} {'1.0' if verdict == 'inconclusive' else '0.0'}\n")
-                elif row[column] is not None:
-                    lines[index].append(f"{name}{labels} {_number(row[column])}\n")
+                elif getattr(row, column) is not None:
+                    lines[index].append(f"{name}{labels} {_number(getattr(row, column))}\n")
         return tuple("".join(family) for family in lines)
 
 
@@ -330,14 +345,14 @@ def _nearest_bound(statistic: str) -> float | None:
     return parsed["bound_high"] if parsed.get("direction") == "above" else parsed["bound_low"]
 
 
-def _within_budget(rows: list[tuple], limit: int) -> list[tuple]:
+def _within_budget(rows: list[Any], limit: int) -> list[Any]:
     """The aggregate and then failing slices first, at most `limit` slice values per run."""
-    slices = {(r[2], r[3]) for r in rows}
+    slices = {(r.dimension, r.value) for r in rows}
     if len(slices) <= limit:
         return rows
-    failing = {(r[2], r[3]) for r in rows if r[9] == "fail"}
+    failing = {(r.dimension, r.value) for r in rows if r.verdict == "fail"}
     keep = set(sorted(slices, key=lambda s: (s[0] != "all", s not in failing, s))[:limit])
-    return [r for r in rows if (r[2], r[3]) in keep]
+    return [r for r in rows if (r.dimension, r.value) in keep]
 
 
 

@@ -13,7 +13,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from runners.contracts import ERROR, FAIL, INCONCLUSIVE, INSUFFICIENT, PASS, worst_verdict
+from runners.contracts import ERROR, FAIL, INCONCLUSIVE, INSUFFICIENT, PASS, check_label, worst_verdict
 from scheduler.config import LoadedConfig
 from scheduler.ledger import Ledger
 
@@ -79,10 +79,10 @@ def current_runs(keys: CurrentKeys, by_key: dict[str, dict], by_tuple: dict[tupl
 def failed_slices(ledger: Ledger, run_ids: list[str]) -> dict[str, list[str]]:
     """Run id -> "check dimension=value" of each slice that failed, for the reason of a failed gate."""
     out: dict[str, list[str]] = {}
-    for run_id, check, dimension, value, *_rest, verdict in ledger.results_for(run_ids):
-        if verdict == "fail":
-            where = "aggregate" if dimension == "all" else f"{dimension}={value}"
-            out.setdefault(run_id, []).append(f"{check} {where}")
+    for r in ledger.results_for(run_ids):
+        if r.verdict == "fail":
+            where = "aggregate" if r.dimension == "all" else f"{r.dimension}={r.value}"
+            out.setdefault(r.run_id, []).append(f"{check_label(r.check_name, r.batch_size, r.metric)} {where}")
     return out
 
 

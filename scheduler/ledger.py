@@ -11,6 +11,7 @@ re-dispatched job is never recorded twice.
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any, Callable
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from runners.contracts import JobResult, JobSpec, job_spec_from_dict, job_spec_to_dict
+from runners.contracts import CONTRACT_VERSION, CheckResult, JobResult, JobSpec, job_spec_from_dict, job_spec_to_dict
 from scheduler.storage import (LedgerError, LedgerWriteError, WriteHealth, check_integrity, create_engine,
                                resolve_url, sqlite_path, sqlite_url)
 
@@ -33,6 +34,7 @@ metadata = sa.MetaData()
 
 _V2_RUN_COLUMNS = {"job_key", "spec", "attempts"}
 _V3_RUN_COLUMNS = {"retries"}
+_V5_RESULT_COLUMNS = {"batch_size", "metric"}
 
 schema_version = sa.Table("schema_version", metadata, sa.Column("version", sa.Integer, nullable=False))
 
@@ -74,6 +76,8 @@ results = sa.Table(
     sa.Column("tolerance", sa.Float, nullable=False),
     sa.Column("verdict", sa.String(16), nullable=False),
     sa.Column("statistic", sa.Text, nullable=False),
+    sa.Column("batch_size", sa.Integer),  # v5: the production batch size judged at; NULL: the suite's one size
+    sa.Column("metric", sa.String(128)),  # v5: an external harness's metric; NULL for the other tasks
 )
 
 provenance = sa.Table(
@@ -133,7 +137,9 @@ def _v1(conn: Connection) -> None:
     sa.Table("runs", v1, *[sa.Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable, index=c.index)
                            for c in runs.columns if c.name not in _V2_RUN_COLUMNS | _V3_RUN_COLUMNS],
              sa.Index("ix_runs_gate", "target", "model", "candidate", "finished_at"))
-    results.to_metadata(v1)
+    sa.Table("results", v1, *[sa.Column(c.name, c.type, *[sa.ForeignKey(f.target_fullname) for f in c.foreign_keys],
+                                        nullable=c.nullable, index=c.index)
+                              for c in results.columns if c.name not in _V5_RESULT_COLUMNS])
     provenance.to_metadata(v1)
     v1.create_all(conn)
 
@@ -157,9 +163,45 @@ def _v4(conn: Connection) -> None:
     metadata.create_all(conn, tables=[row_outputs])
 
 
+# How contract v1 (schema v4 and before) named a result judged at a batch size or on an external metric.
+_QUALIFIED = re.compile(r"(?P<check>[^@:]+)(?:@batch=(?P<batch>\d+))?(?::(?P<metric>.+))?")
+
+
+def split_qualified(name: str) -> tuple[str, int | None, str | None]:
+    """A v1 result name as (check, batch size, metric): CHECK@batch=64 -> (CHECK, 64, None),
+    CHECK:acc -> (CHECK, None, "acc"); a bare name stays as it is. Only old rows and old
+    workers' results are read this way: since v2 the fields travel as fields."""
+    match = _QUALIFIED.fullmatch(name)
+    if match is None:
+        return name, None, None
+    batch = match["batch"]
+    return match["check"], int(batch) if batch is not None else None, match["metric"]
+
+
+def _v5(conn: Connection) -> None:
+    """Batch size and external metric as columns of a result (contract v2); the names written before
+    (CHECK@batch=64, CHECK:acc) are split into them."""
+    conn.execute(sa.text("ALTER TABLE results ADD COLUMN batch_size INTEGER"))
+    conn.execute(sa.text("ALTER TABLE results ADD COLUMN metric VARCHAR(128)"))
+    for name in conn.execute(sa.select(results.c.check_name).distinct()).scalars().all():
+        check, batch_size, metric = split_qualified(name)
+        if (check, batch_size, metric) != (name, None, None):
+            conn.execute(results.update().where(results.c.check_name == name).values(
+                check_name=check, batch_size=batch_size, metric=metric))
+
+
 # Ordered migrations; the index + 1 is the schema version each one produces. Append only.
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4]
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5]
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def _named(c: CheckResult, version: int) -> dict[str, Any]:
+    """A result's check columns; a worker on contract v1 still wrote batch size and metric into the name."""
+    if version < 2:
+        check, batch_size, metric = split_qualified(c.check)
+    else:
+        check, batch_size, metric = c.check, c.batch_size, c.metric
+    return {"check_name": check, "batch_size": batch_size, "metric": metric}
 
 
 class Ledger:
@@ -285,7 +327,8 @@ class Ledger:
                 return False
             if result.checks:
                 conn.execute(results.insert(), [{
-                    "run_id": run_id, "check_name": c.check, "dimension": c.dimension, "value": c.value, "n": c.n,
+                    "run_id": run_id, **_named(c, getattr(result, "version", CONTRACT_VERSION)),
+                    "dimension": c.dimension, "value": c.value, "n": c.n,
                     "baseline": c.baseline, "candidate": c.candidate, "delta": c.delta, "tolerance": c.tolerance,
                     "verdict": c.verdict, "statistic": json.dumps(c.statistic)} for c in result.checks])
             if result.provenance:
@@ -324,13 +367,14 @@ class Ledger:
         with self.engine.connect() as conn:
             return {(t, m, c): ts for t, m, c, ts in conn.execute(query)}
 
-    def results_for(self, run_ids: list[str], with_statistic: bool = False) -> list[tuple]:
-        """(run_id, check, dimension, value, n, baseline, candidate, delta, tolerance, verdict) rows, and the
-        statistic's JSON text as an eleventh column when asked."""
-        columns = (results.c.run_id, results.c.check_name, results.c.dimension, results.c.value, results.c.n,
-                   results.c.baseline, results.c.candidate, results.c.delta, results.c.tolerance, results.c.verdict)
+    def results_for(self, run_ids: list[str], with_statistic: bool = False) -> list[sa.Row]:
+        """The results of the runs, as rows read by name: run_id, check_name, batch_size, metric, dimension,
+        value, n, baseline, candidate, delta, tolerance, verdict, and statistic (its JSON text) when asked."""
+        columns = (results.c.run_id, results.c.check_name, results.c.batch_size, results.c.metric,
+                   results.c.dimension, results.c.value, results.c.n, results.c.baseline, results.c.candidate,
+                   results.c.delta, results.c.tolerance, results.c.verdict)
         columns += (results.c.statistic,) if with_statistic else ()
-        out: list[tuple] = []
+        out: list[sa.Row] = []
         with self.engine.connect() as conn:
             for start in range(0, len(run_ids), 500):
                 out += conn.execute(sa.select(*columns).where(results.c.run_id.in_(run_ids[start:start + 500]))).all()
@@ -506,7 +550,8 @@ class Ledger:
             for run in out:
                 del run["document"]
                 run["checks"] = [dict(r) for r in conn.execute(
-                    sa.select(results.c.check_name, results.c.dimension, results.c.value, results.c.n,
+                    sa.select(results.c.check_name, results.c.batch_size, results.c.metric, results.c.dimension,
+                              results.c.value, results.c.n,
                               results.c.baseline, results.c.candidate, results.c.delta, results.c.verdict)
                     .where(results.c.run_id == run["run_id"])).mappings()]
         return out

@@ -9,7 +9,8 @@ from runners import catalogue
 from runners.contracts import AGGREGATE_DIMENSION, FAIL, INCONCLUSIVE, INSUFFICIENT, PASS, CheckResult
 from scheduler.validate import RunRecord, ValidationReport
 
-DOCUMENT_VERSION = 1
+# v2: "check" is the bare catalogue name; "batch_size" and "metric" say the rest (null where not applicable).
+DOCUMENT_VERSION = 2
 
 _MARK = {PASS: "ok", FAIL: "FAIL", INSUFFICIENT: "n<min", INCONCLUSIVE: "?"}
 
@@ -22,7 +23,8 @@ def _words(name: str) -> str:
 
 
 def check_dict(c: CheckResult) -> dict[str, Any]:
-    return {"check": c.check, "slice": {"dimension": c.dimension, "value": c.value}, "n": c.n,
+    return {"check": c.check, "batch_size": c.batch_size, "metric": c.metric,
+            "slice": {"dimension": c.dimension, "value": c.value}, "n": c.n,
             "baseline": c.baseline, "candidate": c.candidate, "delta": c.delta, "tolerance": c.tolerance,
             "verdict": c.verdict, "statistic": c.statistic}
 
@@ -47,9 +49,6 @@ def _slice_label(dimension: str, value: str, aggregate: str = "aggregate") -> st
     return aggregate if dimension == AGGREGATE_DIMENSION else f"{dimension}={value}"
 
 
-check_kind = catalogue.kind
-
-
 def _measured(c: CheckResult) -> float | None:
     """The quantity the tolerance applies to."""
     measured = catalogue.get(c.check).measured
@@ -65,16 +64,16 @@ def _measured(c: CheckResult) -> float | None:
 
 
 def explain_failure(c: CheckResult) -> str:
-    """One line: what failed, on which slice, by how much, against which tolerance."""
+    """One line: on which slice, by how much, against which tolerance (the caller names the check by its
+    label, which carries the batch size)."""
     where = _slice_label(c.dimension, c.value)
     value = _measured(c)
     declared = catalogue.get(c.check)
     relation = ">" if declared.upper else "<"
-    batch = f" at batch size {c.check.split('=', 1)[1]}" if "@batch=" in c.check else ""
-    metric = c.check.split(":", 1)[1] if ":" in c.check else None  # an external harness's metric
+    metric = c.metric  # an external harness's metric
     described = f"{metric} drop" if metric else declared.words
     shown = "not finite" if value is None or value != value else f"{value:.4f}"
-    text = f"{where}{batch}: {described} {shown} {relation} tolerance {c.tolerance:g}"
+    text = f"{where}: {described} {shown} {relation} tolerance {c.tolerance:g}"
     nonfinite = next((c.statistic[k] for k in _NONFINITE if c.statistic.get(k)), None)
     if nonfinite:
         return text + f" (non-finite outputs: {nonfinite:g}), n={c.n}"
@@ -125,18 +124,19 @@ def detectable(c: CheckResult) -> str | None:
 
 
 def _slice_table(checks: list[CheckResult]) -> list[str]:
-    names = list(dict.fromkeys(c.check for c in checks))
-    rows: dict[tuple[str, str], dict[str, CheckResult]] = {}
+    columns = list(dict.fromkeys(c.key for c in checks))  # one per (check, batch size, metric)
+    names = {c.key: c.label for c in checks}
+    rows: dict[tuple[str, str], dict[tuple, CheckResult]] = {}
     for c in checks:
-        rows.setdefault((c.dimension, c.value), {})[c.check] = c
+        rows.setdefault((c.dimension, c.value), {})[c.key] = c
     label = {key: _slice_label(*key, aggregate="all") for key in rows}
     width = max(len(v) for v in label.values()) + 2
-    lines = ["    " + "slice".ljust(width) + "n".rjust(7) + "".join(f"  {n:>22}" for n in names)]
+    lines = ["    " + "slice".ljust(width) + "n".rjust(7) + "".join(f"  {names[k]:>22}" for k in columns)]
     for key, by_check in rows.items():
         n = next(iter(by_check.values())).n
         cells = ""
-        for name in names:
-            c = by_check.get(name)
+        for column in columns:
+            c = by_check.get(column)
             value = _measured(c) if c is not None else None
             cell = f"{value:.4f} {_MARK[c.verdict]}" if c is not None and value is not None else "-"
             cells += f"  {cell:>22}"
@@ -177,7 +177,7 @@ def human(report: ValidationReport, verbose: bool = True) -> str:
                 out += drift_table(result.provenance["drift"])
         failures = [c for c in result.checks if c.verdict == FAIL]
         for c in failures:
-            out.append(f"    FAILED {c.check}: {explain_failure(c)}")
+            out.append(f"    FAILED {c.label}: {explain_failure(c)}")
         judged_aggregate = any(c.dimension == AGGREGATE_DIMENSION for c in result.checks)
         if failures and judged_aggregate and not any(c.dimension == AGGREGATE_DIMENSION for c in failures):
             regressed = sorted({f"{c.dimension}={c.value}" for c in failures})
@@ -190,7 +190,7 @@ def human(report: ValidationReport, verbose: bool = True) -> str:
                 out.append(f"      {_words(s['check'])} on {_slice_label(s['dimension'], s['value'])}: "
                            f"{s['min']:.4f} .. {s['max']:.4f}")
         for c in [c for c in result.checks if c.verdict == INCONCLUSIVE][:8]:
-            out.append(f"    INCONCLUSIVE {c.check}: {explain_inconclusive(c)}")
+            out.append(f"    INCONCLUSIVE {c.label}: {explain_inconclusive(c)}")
         hidden = sum(c.verdict == INCONCLUSIVE for c in result.checks) - 8
         if hidden > 0:
             out.append(f"    ... and {hidden} more inconclusive (see --json)")

@@ -13,7 +13,7 @@ import time
 from html import escape
 from typing import Any
 
-from runners.contracts import CheckResult
+from runners.contracts import CheckResult, check_label
 from scheduler import compare, rowdiff
 from scheduler.ledger import Ledger
 from scheduler.plots import drift_svg
@@ -31,7 +31,12 @@ pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:.8em;white-space:pre-
 
 def _check(row: dict[str, Any]) -> CheckResult:
     return CheckResult(row["check_name"], row["dimension"], row["value"], row["n"], row["baseline"],
-                       row["candidate"], row["delta"], row["tolerance"], row["verdict"], row.get("statistic") or {})
+                       row["candidate"], row["delta"], row["tolerance"], row["verdict"], row.get("statistic") or {},
+                       batch_size=row.get("batch_size"), metric=row.get("metric"))
+
+
+def _label(row: dict[str, Any]) -> str:
+    return check_label(row["check_name"], row.get("batch_size"), row.get("metric"))
 
 
 def _num(value: Any, digits: int = 4) -> str:
@@ -77,7 +82,7 @@ def _slice_table(checks: list[dict[str, Any]]) -> str:
         for name, low, high in _intervals(c.get("statistic") or {}):
             limit = c["tolerance"] if c["check_name"].startswith("min_") else None
             drawn += f'{escape(name)} {interval_svg(low, high, c["candidate"], limit)} '
-        rows.append(f'<tr><td class="l">{escape(c["check_name"])}</td><td class="l">{escape(where)}</td>'
+        rows.append(f'<tr><td class="l">{escape(_label(c))}</td><td class="l">{escape(where)}</td>'
                     f'<td>{c["n"]}</td><td>{_num(c["baseline"])}</td><td>{_num(c["candidate"])}</td>'
                     f'<td>{_num(c["delta"])}</td><td>{c["tolerance"]:g}</td>'
                     f'<td class="l {escape(c["verdict"])}">{escape(c["verdict"])}</td><td class="l">{drawn}</td></tr>')
@@ -87,9 +92,9 @@ def _slice_table(checks: list[dict[str, Any]]) -> str:
 def _why(run: dict[str, Any]) -> str:
     if run.get("error"):
         return f'<p id="why">The run ended in an error: <code>{escape(run["error"].strip().splitlines()[0])}</code></p>'
-    items = [f"<li>FAILED {escape(c['check_name'])}: {escape(explain_failure(_check(c)))}</li>"
+    items = [f"<li>FAILED {escape(_label(c))}: {escape(explain_failure(_check(c)))}</li>"
              for c in run["checks"] if c["verdict"] == "fail"]
-    items += [f"<li>INCONCLUSIVE {escape(c['check_name'])}: {escape(explain_inconclusive(_check(c)))}</li>"
+    items += [f"<li>INCONCLUSIVE {escape(_label(c))}: {escape(explain_inconclusive(_check(c)))}</li>"
               for c in run["checks"] if c["verdict"] == "inconclusive"]
     thin = [f"{c['dimension']}={c['value']}" for c in run["checks"] if c["verdict"] == "insufficient"]
     if thin:

@@ -68,7 +68,7 @@ class LedgerListener:
                   "seconds": round(result.finished_at - result.started_at, 3)}
         if result.error:
             fields["error"] = result.error.strip().splitlines()[0]
-        failed = [f"{c.check} {explain_failure(c)}" for c in result.checks if c.verdict == "fail"]
+        failed = [f"{c.label} {explain_failure(c)}" for c in result.checks if c.verdict == "fail"]
         if failed:
             fields["failed"] = failed
         log.log(logging.WARNING if result.verdict != PASS else logging.INFO, "job finished", extra={"fields": fields})

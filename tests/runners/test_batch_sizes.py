@@ -16,14 +16,15 @@ def test_every_check_is_judged_at_every_batch_size(demo_dir: Path) -> None:
     result = run_job(job(demo_dir, "digits-int8-dynamic.onnx", checks=CHECKS, slice_checks=CHECKS,
                          batch_sizes=sizes))
     assert result.status == "finished", result.error
-    names = {c.check for c in result.checks}
-    assert names == {f"{check.name}@batch={size}" for check in CHECKS for size in sizes}
-    per_size = {size: [c for c in result.checks if c.check.endswith(f"@batch={size}")] for size in sizes}
+    keys = {(c.check, c.batch_size) for c in result.checks}
+    assert keys == {(check.name, size) for check in CHECKS for size in sizes}
+    assert all(c.metric is None for c in result.checks)
+    per_size = {size: [c for c in result.checks if c.batch_size == size] for size in sizes}
     assert len({len(v) for v in per_size.values()}) == 1  # the same slices at every size
     spread = result.provenance["batch_spread"]
     assert {(s["check"], s["dimension"]) for s in spread} >= {("max_drop", "all"), ("max_mean_kl", "scan")}
     for s in spread:
-        measured = [c.candidate for c in result.checks if c.check.startswith(s["check"] + "@")
+        measured = [c.candidate for c in result.checks if c.check == s["check"]
                     and (c.dimension, c.value) == (s["dimension"], s["value"])]
         assert s["min"] == min(measured) and s["max"] == max(measured) and s["spread"] == max(measured) - min(measured)
     # Dynamic int8 picks activation scales per batch: the outputs (and so the KL) move with the size.

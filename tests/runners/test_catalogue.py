@@ -81,4 +81,6 @@ def test_declarations_say_their_direction_and_are_unique() -> None:
         cat.declare(cat.Check("max_drop", "rows", (cat.CLASSIFICATION,), "again", True))
     with pytest.raises(ValueError, match="says its direction"):
         cat.declare(cat.Check("toy", "rows", (cat.CLASSIFICATION,), "toy", True))
-    assert cat.get("max_drop@batch=64") is cat.MAX_DROP and cat.kind("max_drop:acc") == "max_drop"
+    assert cat.get("max_drop") is cat.MAX_DROP
+    with pytest.raises(KeyError):  # a qualified name is not a check: batch size and metric are result fields
+        cat.get("max_drop (batch 64)")

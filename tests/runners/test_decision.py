@@ -156,3 +156,23 @@ def test_a_tiny_slice_with_one_flipped_row_is_never_a_fail_under_alert(demo_dir:
     if policy != "point":
         assert tiny.statistic["rows_needed"] is not None
         assert result.verdict == "inconclusive"
+
+
+def test_the_correction_spans_every_batch_size_and_keeps_each_result_apart(demo_dir: Path) -> None:
+    """Judged at two batch sizes under release: one result per (check, slice, batch size), each with its
+    own evidence, and the run's correction counts the tests of both sizes together."""
+    sizes = (1, 64)
+    result = run_job(job(demo_dir, "digits-int8-dynamic.onnx", batch_sizes=sizes,
+                         decision={"policy": "release", "correction": "holm"},
+                         checks=(CheckSpec("max_drop", 0.03), CheckSpec("min_agreement", 0.95)),
+                         slice_checks=(CheckSpec("max_drop", 0.08),)))
+    assert result.status == "finished", result.error
+    keys = [(c.key, c.dimension, c.value) for c in result.checks]
+    assert len(keys) == len(set(keys))
+    assert {c.batch_size for c in result.checks} == set(sizes) and {c.check for c in result.checks} == {
+        "max_drop", "min_agreement"}
+    tested = [c for c in result.checks if "p_beyond" in c.statistic and c.verdict != "insufficient"]
+    assert {c.batch_size for c in tested} == set(sizes)
+    assert {c.statistic["correction"] for c in tested} == {f"holm over {len(tested)} tests"}
+    aggregate = {c.batch_size: c for c in result.checks if c.check == "max_drop" and c.dimension == "all"}
+    assert set(aggregate) == set(sizes)  # the aggregate once per size, not merged into one

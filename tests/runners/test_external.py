@@ -45,8 +45,9 @@ def test_reads_every_task_metric_and_filter() -> None:
 def test_a_subtask_regression_is_caught_on_its_slice() -> None:
     result = run_job(job(str(BASE), str(CAND), suite(metrics=["acc"])))
     assert result.status == "finished", result.error
-    failed = {(c.check, c.value) for c in result.checks if c.verdict == "fail"}
-    assert failed == {("max_drop:acc", "mmlu_abstract_algebra")}
+    failed = {(c.check, c.metric, c.value) for c in result.checks if c.verdict == "fail"}
+    assert failed == {("max_drop", "acc", "mmlu_abstract_algebra")}
+    assert all(c.batch_size is None for c in result.checks)
     algebra = next(c for c in result.checks if c.value == "mmlu_abstract_algebra")
     assert algebra.statistic["drop"] == pytest.approx(0.09)
     assert algebra.statistic["z"] == pytest.approx(0.09 / (2 ** 0.5 * 0.0461), rel=1e-6)
@@ -57,7 +58,7 @@ def test_a_subtask_regression_is_caught_on_its_slice() -> None:
 def test_lower_is_better_metrics_count_a_rise_as_the_drop() -> None:
     result = run_job(job(str(BASE), str(CAND), suite(drop=0.1, metrics=["word_perplexity"])))
     (ppl,) = result.checks
-    assert ppl.check == "max_drop:word_perplexity" and ppl.value == "wikitext"
+    assert (ppl.check, ppl.metric, ppl.value) == ("max_drop", "word_perplexity", "wikitext")
     assert ppl.statistic["drop"] == pytest.approx(0.13) and "z" not in ppl.statistic  # "N/A" stderr: no bound
     assert ppl.verdict == "fail"
 

@@ -93,7 +93,7 @@ class TestValidate:
         path = write_config(tmp_path, demo_dir)
         code, out, _ = run_cli(capsys, "validate", "-c", str(path), "--json", "--model", "digits-mlp")
         doc = json.loads(out)
-        assert code == 1 and doc["version"] == 1 and doc["exit_code"] == 1
+        assert code == 1 and doc["version"] == 2 and doc["exit_code"] == 1
         assert [r["candidate"] for r in doc["runs"]] == ["ort-int8-dynamic", "ort-w8a3"]
         run = doc["runs"][1]
         for key in ("run_id", "target", "model", "candidate", "suite", "verdict", "checks", "provenance"):
@@ -102,6 +102,7 @@ class TestValidate:
         check = next(c for c in run["checks"] if c["slice"] == {"dimension": "scan", "value": "faint"}
                      and c["check"] == "max_drop")
         assert check["verdict"] == "fail" and check["tolerance"] == 0.08 and check["n"] > 50
+        assert check["batch_size"] is None and check["metric"] is None  # one batch size, not an external suite
         assert check["delta"] == pytest.approx(check["candidate"] - check["baseline"])
         aggregate = [c for c in run["checks"] if c["slice"]["dimension"] == "all"]
         assert {c["verdict"] for c in aggregate} == {"pass"}

@@ -115,5 +115,5 @@ suites:
     capsys.readouterr()
     assert main(["validate", "-c", str(config), "-q"]) == 1
     out = capsys.readouterr().out
-    assert "FAILED max_drop:acc: task=mmlu_abstract_algebra: acc drop 0.0900 > tolerance 0.03" in out
+    assert "FAILED max_drop (acc): task=mmlu_abstract_algebra: acc drop 0.0900 > tolerance 0.03" in out
     assert "aggregate within tolerance" not in out

@@ -249,3 +249,29 @@ def test_stale_runtime_runs_are_counted_per_target_from_zero(world) -> None:
     values = samples(exporter.render().decode())
     assert (values[f'{name}{{target="gpu"}}'], values[f'{name}{{target="cpu"}}']) == (1.0, 0.0)
     assert values['revalidator_job_errors_total{target="gpu"}'] == 1.0  # an error like any other, too
+
+
+def test_batch_size_and_metric_are_labels_of_their_own(world) -> None:
+    """A result judged at a production batch size, and an external metric's, carry `batch_size` and
+    `metric` labels (the check label stays the bare name); the gate's reason names them too."""
+    loaded, ledger, snapshot = world
+    spec = next(j for j in Planner(loaded).jobs("manual", ledger.latest_fingerprints()) if j.target == "gpu"
+                and j.candidate == "ort")
+    checks = [CheckResult("max_drop", "scan", "faint", 90, 0.98, 0.975, -0.005, 0.08, "pass", {}, batch_size=1),
+              CheckResult("max_drop", "scan", "faint", 90, 0.98, 0.73, -0.25, 0.08, "fail", {}, batch_size=64),
+              CheckResult("max_drop", "task", "gsm8k", 1319, 0.5, 0.4, -0.1, 0.03, "fail", {}, metric="acc")]
+    now = time.time()
+    ledger.finish_run(ledger.start_run(spec), JobResult(
+        job_id=spec.job_id, status="finished", verdict="fail", checks=checks,
+        provenance={"fingerprint": {"hash": "fp"}}, started_at=now - 1, finished_at=now))
+    values = samples(Exporter(ledger, lambda: snapshot).render().decode())
+    run = '{}candidate="ort",check="max_drop",dimension="{}",{}model="m",slice="{}",suite="s",target="gpu"'
+    at = {size: "revalidator_check_pass{" + run.format(f'batch_size="{size}",', "scan", "", "faint") + "}"
+          for size in (1, 64)}
+    assert (values[at[1]], values[at[64]]) == (1.0, 0.0)
+    metric = "revalidator_check_delta{" + run.format("", "task", 'metric="acc",', "gsm8k") + "}"
+    assert values[metric] == pytest.approx(-0.1)
+    assert not [k for k in values if "@" in k or 'check="max_drop:' in k]
+    gate = gates_by(ledger, snapshot)[("gpu", "ort")]
+    assert gate.state == "fail" and gate.reason == ("failed on the current stack: max_drop (batch 64) scan=faint, "
+                                                    "max_drop (acc) task=gsm8k")

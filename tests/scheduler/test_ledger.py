@@ -121,6 +121,66 @@ def test_a_v1_ledger_migrates_with_its_runs(tmp_path: Path) -> None:
     assert ledger.unfinished() == []
 
 
+def test_a_v4_ledger_splits_qualified_check_names_into_fields(tmp_path: Path) -> None:
+    """Schema v4 wrote the batch size and the external metric into the check's name; opening it
+    migrates them into their columns, and every row and run is still there."""
+    import sqlalchemy as sa
+
+    from scheduler import ledger as module
+
+    engine = sa.create_engine(module.sqlite_url(tmp_path / "v4.sqlite"))
+    with engine.begin() as conn:
+        module.metadata.create_all(conn, tables=[module.schema_version])
+        for version, migration in enumerate(module.MIGRATIONS[:4], start=1):
+            migration(conn)
+            conn.execute(module.schema_version.insert().values(version=version))
+        conn.execute(sa.text("INSERT INTO runs (run_id, job_id, trigger, target, model, candidate, suite, status, "
+                             "verdict, created_at, finished_at) VALUES ('old', 'j', 'manual', 'cpu', 'm', 'w4', 's', "
+                             "'finished', 'fail', 1.0, 2.0)"))
+        names = ["max_drop@batch=1", "max_drop@batch=64", "max_drop:acc", "max_drop:exact_match,strict-match",
+                 "min_agreement", "max_drop@batch=64"]
+        for i, name in enumerate(names):
+            conn.execute(sa.text("INSERT INTO results (run_id, check_name, dimension, value, n, baseline, candidate, "
+                                 "delta, tolerance, verdict, statistic) VALUES ('old', :name, 'scan', :value, 50, "
+                                 "0.9, 0.8, -0.1, 0.03, 'fail', '{\"k\": 1}')"),
+                         {"name": name, "value": f"v{i}"})
+    with engine.connect() as conn:  # the file really has the old shape
+        assert "batch_size" not in {r[1] for r in conn.execute(sa.text("PRAGMA table_info(results)"))}
+    engine.dispose()
+    with pytest.raises(LedgerError, match="schema v4"):
+        Ledger.for_reading("sqlite:///v4.sqlite", base_dir=tmp_path)  # a reader does not migrate
+    ledger = Ledger("sqlite:///v4.sqlite", base_dir=tmp_path)
+    assert ledger.schema_version() == SCHEMA_VERSION == 5
+    checks = sorted((c["value"], c["check_name"], c["batch_size"], c["metric"], c["statistic"])
+                    for c in ledger.run("old")["checks"])
+    assert checks == [("v0", "max_drop", 1, None, {"k": 1}), ("v1", "max_drop", 64, None, {"k": 1}),
+                      ("v2", "max_drop", None, "acc", {"k": 1}),
+                      ("v3", "max_drop", None, "exact_match,strict-match", {"k": 1}),
+                      ("v4", "min_agreement", None, None, {"k": 1}), ("v5", "max_drop", 64, None, {"k": 1})]
+    rows = ledger.results_for(["old"])
+    assert sorted((r.value, r.check_name, r.batch_size, r.metric, r.n, r.verdict) for r in rows)[1] == (
+        "v1", "max_drop", 64, None, 50, "fail")
+    assert [r["verdict"] for r in ledger.history()] == ["fail"]
+
+
+def test_results_of_a_contract_v1_worker_are_stored_with_fields(ledger: Ledger) -> None:
+    """A worker still on contract v1 names "max_drop@batch=64": the ledger stores the fields."""
+    s = spec()
+    run_id = ledger.start_run(s)
+    old = result(s.job_id)
+    old.version = 1
+    old.checks[0].check, old.checks[1].check = "max_drop@batch=64", "max_drop:acc"
+    ledger.finish_run(run_id, old)
+    stored = {(c["check_name"], c["batch_size"], c["metric"]) for c in ledger.run(run_id)["checks"]}
+    assert stored == {("max_drop", 64, None), ("max_drop", None, "acc")}
+    current = ledger.start_run(s)
+    fields = result(s.job_id)
+    fields.checks[1].batch_size = 8
+    ledger.finish_run(current, fields)
+    assert {(r.check_name, r.batch_size) for r in ledger.results_for([current])} == {("max_drop", None),
+                                                                                   ("max_drop", 8)}
+
+
 def test_queue_lifecycle_and_resume(ledger: Ledger) -> None:
     s = spec()
     run_id = ledger.enqueue(s)
