@@ -1,8 +1,8 @@
 """Build the optional compiled kernel; everything else is declared in pyproject.toml.
 
 The kernel (runners/_rowmetrics.c) fuses the per-row comparison into one pass. It is
-optional: without a C compiler the install still succeeds and runners.metrics falls
-back to numpy, which gives the same numbers more slowly.
+optional: without a C compiler the install still succeeds and
+runners.families.classification.metrics falls back to numpy, which gives the same numbers more slowly.
 """
 
 from setuptools import Extension, setup

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.sides import paired_ratio, time_sides  # noqa: E402
 from runners.contracts import ArtifactSpec, CheckSpec, JobSpec, SuiteSpec  # noqa: E402
-from runners.harness import run_generation  # noqa: E402
+from runners.families.generation.evaluate import run_generation  # noqa: E402
 
 TARGET = 1.15
 CONTEXT, MAX_NEW = 32, 384

@@ -31,8 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.sides import paired_ratio, time_sides  # noqa: E402
 from runners.contracts import ArtifactSpec, CheckSpec, JobSpec, SuiteSpec  # noqa: E402
-from runners.data import load_eval_data  # noqa: E402
-from runners.harness import judge_outputs, run_job, run_model  # noqa: E402
+from runners.families.classification.data import load_eval_data  # noqa: E402
+from runners.families.classification.evaluate import judge_outputs, run_model  # noqa: E402
+from runners.harness import run_job  # noqa: E402
 
 TARGET = 1.10
 BATCH = 1024

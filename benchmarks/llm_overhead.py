@@ -32,7 +32,7 @@ BATCH = 8
 
 
 def _prompts(demo: Path, max_new: int) -> tuple[list[str], list[int]]:
-    from runners.text import load_prompts
+    from runners.families.generation.prompts import load_prompts
 
     prompts = load_prompts(demo / "smollm2-prompts.jsonl", ("category",))
     return [p.text for p in prompts.prompts], prompts.caps(max_new)

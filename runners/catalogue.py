@@ -17,7 +17,7 @@ from typing import Any, Callable
 TASKS = ("classification", "generation", "external")
 
 # Which judge family computes a check: per-row comparison sums, element-wise tensor statistics, or
-# the behaviour of generated text. External harness metrics are judged by runners/external.py.
+# the behaviour of generated text. External harness metrics are judged by runners/families/external/lm_eval.py.
 FAMILIES = ("rows", "tensor", "generation")
 # The confidence bound a deciding policy uses (runners/decision.py): a paired difference of rates,
 # a single rate, a bootstrap over rows (a mean) or over prompts (a ratio); None: point value only.
@@ -98,7 +98,7 @@ def where(**fields: Any) -> tuple[Check, ...]:
 
 CLASSIFICATION, GENERATION, EXTERNAL = TASKS
 
-# -- the per-row family (runners/checks.py) -------------------------------------------------------------------
+# -- the per-row family (runners/families/classification/checks.py) ------------------------------------------
 MAX_DROP = declare(Check("max_drop", "rows", (CLASSIFICATION, EXTERNAL), "accuracy drop", True, "drop",
                          needs_labels=True, rate="accuracy", bound="paired"))
 MAX_RELATIVE_DROP = declare(Check("max_relative_drop", "rows", (CLASSIFICATION,), "relative accuracy drop", True,
@@ -114,13 +114,13 @@ MAX_MEAN_ABS_DIFF = declare(Check("max_mean_abs_diff", "rows", (CLASSIFICATION,)
 MIN_COSINE = declare(Check("min_cosine", "rows", (CLASSIFICATION,), "cosine similarity", True, bound="rows",
                            row_quantity="cosine"))
 
-# -- the tensor family (runners/tensor_checks.py) ---------------------------------------------------------------
+# -- the tensor family (runners/families/classification/tensor_checks.py) ------------------------------------
 MIN_WITHIN_TOLERANCE = declare(Check("min_within_tolerance", "tensor", (CLASSIFICATION,),
                                      "share of elements within atol/rtol", True))
 MAX_MEDIAN_ABS_DIFF = declare(Check("max_median_abs_diff", "tensor", (CLASSIFICATION,), "median |diff|", False))
 MAX_P99_ABS_DIFF = declare(Check("max_p99_abs_diff", "tensor", (CLASSIFICATION,), "p99 |diff|", False))
 
-# -- the generation family (runners/behaviour.py) ---------------------------------------------------------------
+# -- the generation family (runners/families/generation/behaviour.py) ----------------------------------------
 MAX_REFUSAL_RATE_DELTA = declare(Check("max_refusal_rate_delta", "generation", (GENERATION,), "refusal rate change",
                                        True, "abs_delta", rate="refusal rate", bound="paired"))
 MAX_FORMAT_DROP = declare(Check("max_format_drop", "generation", (GENERATION,), "format compliance drop", True,

@@ -26,12 +26,12 @@ def slice_counts(loaded: LoadedConfig, suite: Suite) -> dict[tuple[str, str], in
     path = loaded.resolve(suite.data)
     try:
         if suite.task == "generation":
-            from runners.text import load_prompts
+            from runners.families.generation.prompts import load_prompts
 
             prompts = load_prompts(path, suite.slices)
             columns = {d: prompts.column(d) for d in suite.slices}
         else:
-            from runners.data import load_eval_data
+            from runners.families.classification.data import load_eval_data
 
             columns = {d: v.tolist() for d, v in load_eval_data(path, suite.slices, suite.max_slice_values)
                        .slices.items()}

@@ -10,7 +10,7 @@ import pytest
 
 from runners.backends import ArtifactError, make_runner
 from runners.backends.base import BackendUnavailable
-from runners.data import load_eval_data
+from runners.families.classification.data import load_eval_data
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runners.data import DataError, load_eval_data
+from runners.families.classification.data import DataError, load_eval_data
 
 
 def test_columns_are_split(tmp_path: Path) -> None:

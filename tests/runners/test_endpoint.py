@@ -21,7 +21,7 @@ from runners.backends.openai_endpoint import Endpoint, parse_completion
 from runners.backends.base import ArtifactError
 from runners.contracts import ArtifactSpec, CheckSpec, JobSpec, SuiteSpec
 from runners.harness import run_job
-from runners.lm_endpoint import coarse_kl
+from runners.families.generation.endpoint import coarse_kl
 
 CHECKS = (CheckSpec("max_refusal_rate_delta", 0.25), CheckSpec("max_format_drop", 0.2),
           CheckSpec("max_exact_match_drop", 0.2), CheckSpec("min_token_agreement", 0.8),
@@ -231,7 +231,7 @@ def test_top_logprobs_of_the_same_model_give_zero_kl_and_full_top1_agreement(smo
     pytest.importorskip("transformers", reason="the llm extra is not installed (pip install -e '.[llm]')")
     from runners.backends.openai_endpoint import Completion, EndpointClient
     from runners.backends.transformers_lm import CausalLM
-    from runners.lm_endpoint import _Side, _steps, _Vocabulary
+    from runners.families.generation.endpoint import _Side, _steps, _Vocabulary
 
     with CausalLM(smollm2 / "smollm2-fp32", {}) as lm:
         ids = lm.encode_prompts(["What is the capital of France? Answer with one word."], True, None)

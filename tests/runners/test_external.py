@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from runners.contracts import ArtifactSpec, CheckSpec, JobSpec, SuiteSpec
-from runners.data import DataError
-from runners.external import read_lm_eval
+from runners.datacheck import DataError
+from runners.families.external.lm_eval import read_lm_eval
 from runners.harness import run_job
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "lm_eval"

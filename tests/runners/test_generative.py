@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runners.behaviour import DEFAULT_REFUSAL_PATTERNS, drift, format_ok, refused
+from runners.families.generation.behaviour import DEFAULT_REFUSAL_PATTERNS, drift, format_ok, refused
 from runners.contracts import ArtifactSpec, CheckSpec, JobSpec, SuiteSpec
-from runners.data import DataError
-from runners.generate import Generation
-from runners.generative import GenerationSettings, generate, load_inputs
+from runners.datacheck import DataError
+from runners.families.generation.greedy import Generation
+from runners.families.generation.evaluate import GenerationSettings, generate, load_inputs
 from runners.harness import run_job
-from runners.text import CharTokenizer, load_prompts
+from runners.families.generation.prompts import CharTokenizer, load_prompts
 
 CHECKS = (CheckSpec("max_refusal_rate_delta", 0.05), CheckSpec("max_format_drop", 0.05),
           CheckSpec("max_exact_match_drop", 0.05), CheckSpec("min_token_agreement", 0.6),

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from runners.contracts import ArtifactSpec, CheckSpec, JobSpec, SuiteSpec
-from runners.data import load_eval_data
-from runners.harness import candidate_verdict, judge_outputs, run_job, run_model
+from runners.families.classification.data import load_eval_data
+from runners.families.classification.evaluate import judge_outputs, run_model
+from runners.harness import candidate_verdict, run_job
 
 CHECKS = (CheckSpec("max_drop", 0.03), CheckSpec("min_agreement", 0.95))
 SLICE_CHECKS = (CheckSpec("max_drop", 0.08), CheckSpec("min_agreement", 0.90))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as sp
 
-from runners.metrics import build_slice_index, kernel_available, row_metrics, slice_stats
+from runners.families.classification.metrics import build_slice_index, kernel_available, row_metrics, slice_stats
 from runners.stats import mcnemar_p, wilson_interval
 
 

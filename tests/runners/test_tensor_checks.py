@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from runners.contracts import CheckSpec
-from runners.data import load_eval_data
-from runners.harness import judge_outputs, run_model
-from runners.metrics import build_slice_index
-from runners.tensor_checks import tensor_stats
+from runners.families.classification.data import load_eval_data
+from runners.families.classification.evaluate import judge_outputs, run_model
+from runners.families.classification.metrics import build_slice_index
+from runners.families.classification.tensor_checks import tensor_stats
 from tests.runners.test_harness import job
 
 

@@ -26,11 +26,11 @@ import numpy as np
 from runners import catalogue as cat
 from runners.backends.base import ArtifactError
 from runners.backends.openai_endpoint import Completion, Endpoint, EndpointClient
-from runners.behaviour import ForcedSteps, drift
+from runners.families.generation.behaviour import ForcedSteps, drift
 from runners.contracts import CheckResult, JobSpec
-from runners.generate import Generation
-from runners.generative import GenerationSettings, judge_texts
-from runners.text import load_prompts
+from runners.families.generation.greedy import Generation
+from runners.families.generation.evaluate import GenerationSettings, judge_texts
+from runners.families.generation.prompts import load_prompts
 
 RUNNER = "openai"
 STEP_CHECKS = (cat.MAX_MEAN_STEP_KL.name, cat.MIN_STEP_TOP1_AGREEMENT.name)
@@ -105,7 +105,7 @@ class _Side:
 
 
 def _local_options(spec: JobSpec, quantization: dict[str, Any]) -> dict[str, Any]:
-    from runners.lm_generation import _options
+    from runners.families.generation.lm import _options
 
     return _options(spec, quantization)
 
@@ -117,7 +117,7 @@ def _local_generate(spec: JobSpec, side: _Side, ids: list[list[int]], caps: list
     the cache's provenance record for a baseline."""
     from runners.backends.transformers_lm import Continuations
     from runners.baseline_cache import BaselineCache, baseline_key
-    from runners.lm_generation import _texts
+    from runners.families.generation.lm import _texts
 
     batch = int(spec.runner_options.get("transformers", {}).get("batch_size") or 8)
     record = None

@@ -1,4 +1,4 @@
-"""Evaluation data readers, chosen by file suffix.
+"""Classification data readers, chosen by file suffix.
 
 A dataset is a set of equally long columns: the model inputs (by input name), optional
 `labels`, and one column per slice dimension. New formats register a reader here.
@@ -13,16 +13,12 @@ from typing import Callable
 
 import numpy as np
 
-from runners.metrics import SliceIndex, build_slice_index
+from runners.datacheck import DEFAULT_MAX_SLICE_VALUES, DataError, check_slice_values
+from runners.families.classification.metrics import SliceIndex, build_slice_index
+
+__all__ = ["DataError", "EvalData", "READERS", "check_labels_fit", "load_eval_data"]
 
 LABELS = "labels"
-# Distinct values a slice column may hold: each value is judged, stored and reported, so a column
-# with a value per row (an id) would store a result row per example. Suites may set their own.
-DEFAULT_MAX_SLICE_VALUES = 1000
-
-
-class DataError(ValueError):
-    """The evaluation data cannot be used; the message names the file and the problem."""
 
 
 @dataclass
@@ -80,14 +76,6 @@ def check_labels_fit(path: str | Path, labels: np.ndarray, classes: int) -> None
     if outside.any():
         raise DataError(f"{path}: labels must be below the model's {classes} output classes; "
                         f"{_rows(outside)} are not (largest label {int(labels.max())})")
-
-
-def check_slice_values(path: str | Path, slices: dict[str, np.ndarray], limit: int) -> None:
-    for name, column in slices.items():
-        distinct = len(np.unique(column))
-        if distinct > limit:
-            raise DataError(f"{path}: slice column {name!r} holds {distinct} distinct values, over the suite's "
-                            f"limit of {limit} (max_slice_values): is it an id rather than a category?")
 
 
 def load_eval_data(path: str | Path, slice_columns: tuple[str, ...] | list[str],

@@ -19,10 +19,10 @@ import numpy as np
 from runners import catalogue as cat
 from runners.contracts import CheckResult, CheckSpec
 from runners.decision import PAIRED
-from runners.generate import Generation
-from runners.metrics import row_metrics
+from runners.families.generation.greedy import Generation
+from runners.families.classification.metrics import row_metrics
 from runners.stats import mcnemar_p, wilson_interval
-from runners.text import PromptSet, matches
+from runners.families.generation.prompts import PromptSet, matches
 from runners.verdict import above, below, decide
 
 DEFAULT_REFUSAL_PATTERNS = (

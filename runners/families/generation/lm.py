@@ -11,11 +11,11 @@ from runners.backends.base import ArtifactError
 from runners import rowoutputs
 from runners.backends.recipes import recipe_record
 from runners.baseline_cache import BaselineCache, baseline_key
-from runners.behaviour import ForcedSteps, drift
+from runners.families.generation.behaviour import ForcedSteps, drift
 from runners.contracts import CheckResult, JobSpec
-from runners.generate import Generation
-from runners.generative import GenerationSettings, judge_texts
-from runners.text import load_prompts
+from runners.families.generation.greedy import Generation
+from runners.families.generation.evaluate import GenerationSettings, judge_texts
+from runners.families.generation.prompts import load_prompts
 
 RUNNER = "transformers"
 

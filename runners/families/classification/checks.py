@@ -12,7 +12,7 @@ from typing import Callable
 from runners import catalogue as cat
 from runners.contracts import CheckResult, CheckSpec
 from runners.decision import PAIRED, PROPORTION
-from runners.metrics import GroupStats
+from runners.families.classification.metrics import GroupStats
 from runners.stats import mcnemar_p, wilson_interval
 from runners.verdict import above, below, decide
 

@@ -1,4 +1,4 @@
-"""External evaluation harnesses as a suite, starting with lm-evaluation-harness.
+"""The external family: evaluation harnesses as a suite, starting with lm-evaluation-harness.
 
 A model's results come from a results file (the artifact path, runner "lm-eval"), or from
 running the harness on the target: an argv list (never a shell) with "{model}" and "{output}"
@@ -20,10 +20,10 @@ from typing import Any
 
 from runners import catalogue as cat
 from runners.backends import ArtifactError
-from runners.contracts import ArtifactSpec, CheckResult, SuiteSpec
+from runners.contracts import ArtifactSpec, CheckResult, JobSpec, SuiteSpec
 from runners.process import run_in_group
 from runners.verdict import above, decide
-from runners.data import DataError
+from runners.datacheck import DataError
 
 TASK_DIMENSION = "task"
 
@@ -131,3 +131,11 @@ def compare(baseline: dict[tuple[str, str], Score], candidate: dict[tuple[str, s
     if not results:
         raise DataError(f"no metric to compare in the results (metrics selected: {list(metrics or []) or 'all'})")
     return results
+
+
+def run(spec: JobSpec, provenance: dict[str, Any]) -> tuple[list[CheckResult], bytes]:
+    """The family's entry (runners/families): both models' results compared; no row outputs (the
+    harness reports scores, not rows)."""
+    settings = spec.suite.external or {}
+    scores = [results_for(a, settings) for a in (spec.baseline, spec.candidate_artifact)]
+    return compare(*scores, spec.suite, tuple(settings.get("metrics") or ()) or None), b""

@@ -9,7 +9,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from runners.data import DataError
+from runners.datacheck import DataError
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The generative harness: both models generate greedily on the same prompts, then every
+"""The generation family's job: both models generate greedily on the same prompts, then every
 behaviour check is judged on the aggregate and on every slice value.
 
 Two kinds of model: step models (onnxruntime or torch: the last `context` tokens in, next-token
@@ -12,15 +12,17 @@ from typing import Any
 
 import numpy as np
 
-from runners.backends import ArtifactError, make_runner
 from runners import catalogue as cat
-from runners.behaviour import (DEFAULT_CURVE_POSITIONS, DEFAULT_REFUSAL_PATTERNS, Drift, ModelScores,
-                               divergence_quantiles, drift, judge_generation, prompt_ratios, score, slice_behaviour)
-from runners.contracts import ArtifactSpec, CheckResult, SuiteSpec
-from runners.data import DataError, check_slice_values
+from runners import rowoutputs
+from runners.backends import ArtifactError, make_runner
+from runners.contracts import ArtifactSpec, CheckResult, JobSpec, SuiteSpec
+from runners.datacheck import DataError, check_slice_values
 from runners.decision import Policy, attach_evidence
-from runners.generate import Generation, apply_caps, greedy_generate
-from runners.text import CharTokenizer, PromptSet, load_prompts
+from runners.families.generation.behaviour import (DEFAULT_CURVE_POSITIONS, DEFAULT_REFUSAL_PATTERNS, Drift,
+                                                   ModelScores, divergence_quantiles, drift, judge_generation,
+                                                   prompt_ratios, score, slice_behaviour)
+from runners.families.generation.greedy import Generation, apply_caps, greedy_generate
+from runners.families.generation.prompts import CharTokenizer, PromptSet, load_prompts
 
 
 LM_RUNNERS = frozenset({"transformers"})
@@ -143,3 +145,35 @@ def judge_texts(outputs: list[list[str]], pair: Drift, prompts: PromptSet, suite
          "first_divergence": divergence_quantiles(g.first_divergence)}
         for (d, v), g in groups.items()]}
     return results, curves
+
+
+def run_generation(spec: JobSpec, provenance: dict[str, Any]) -> tuple[list[CheckResult], dict[str, Any]]:
+    """Both models generate on the same prompts; the checks and the drift curves."""
+    settings = GenerationSettings.of(spec.suite)
+    runners = {spec.baseline.runner, spec.candidate_artifact.runner}
+    if "openai" in runners:  # an OpenAI-compatible endpoint on either side
+        from runners.families.generation.endpoint import run_endpoint_generation
+
+        checks, curves, extra = run_endpoint_generation(spec, settings, provenance)
+        provenance.update(extra)
+        return checks, curves
+    if runners & LM_RUNNERS:
+        from runners.families.generation.lm import run_lm_generation
+
+        checks, curves, extra = run_lm_generation(spec, settings, provenance)
+        provenance.update(extra)
+        return checks, curves
+    inputs = load_inputs(spec.suite, settings)
+    generations = [generate(a, spec.runner_options.get(a.runner, {}), inputs, settings, spec.batch_size)
+                   for a in (spec.baseline, spec.candidate_artifact)]
+    provenance["_rows"] = rowoutputs.generation(generations[0].tokens, generations[0].lengths,
+                                                generations[1].tokens, generations[1].lengths,
+                                                {d: inputs.prompts.column(d) for d in spec.suite.slices})
+    return judge_generations(*generations, inputs, spec.suite, settings)
+
+
+def run(spec: JobSpec, provenance: dict[str, Any]) -> tuple[list[CheckResult], bytes]:
+    """The family's entry (runners/families): the checks, and the run's row outputs; the drift
+    curves go into the provenance."""
+    checks, provenance["drift"] = run_generation(spec, provenance)
+    return checks, provenance.pop("_rows", b"")

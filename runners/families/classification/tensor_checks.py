@@ -14,7 +14,7 @@ import numpy as np
 
 from runners import catalogue as cat
 from runners.contracts import CheckResult, CheckSpec
-from runners.metrics import SliceIndex
+from runners.families.classification.metrics import SliceIndex
 from runners.verdict import above, below, decide
 
 

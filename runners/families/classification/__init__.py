@@ -1,0 +1,1 @@
+"""The classification family: tensors in, class scores out; compared per row and summed per slice."""

@@ -1,0 +1,1 @@
+"""The generation family: both models generate on the same prompts; behaviour and drift are judged."""
