@@ -210,3 +210,37 @@ def test_a_foreign_file_under_the_key_is_made_again(tmp_path: Path) -> None:
     arrays, record = cache.fetch(("k" * 64, {"format": 1}), "job-a", lambda: {"outputs": np.ones(2)})
     assert record["reused"] is False and arrays["outputs"].tolist() == [1.0, 1.0]
     assert cache.fetch(("k" * 64, {"format": 1}), "job-b", lambda: pytest.fail("cached"))[1]["reused"] is True
+
+
+def charlm_job(folder: Path, candidate: str, job_id: str) -> JobSpec:
+    """The demo's step model: the cached baseline carries its step logits too (per-step KL)."""
+    checks = (CheckSpec("min_token_agreement", 0.6), CheckSpec("max_mean_step_kl", 0.05))
+    suite = SuiteSpec("chat", str(folder / "charlm-prompts.jsonl"), "generation", ("category",), checks,
+                      min_slice_size=20, generation={"tokenizer": str(folder / "charlm-vocab.json"), "context": 32,
+                                                     "max_new_tokens": 64, "curve_positions": [32, 64]})
+    return JobSpec(job_id, "local-cpu", "charlm", candidate, ArtifactSpec(str(folder / "charlm-fp32.onnx"),
+                   "onnxruntime"), ArtifactSpec(str(folder / candidate), "onnxruntime"), suite, batch_size=256)
+
+
+def test_a_step_model_baseline_is_shared_and_a_changed_vocabulary_recomputes(tmp_path: Path, demo_dir: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("charlm-fp32.onnx", "charlm-int8-dynamic.onnx", "charlm-w5.onnx", "charlm-prompts.jsonl",
+                 "charlm-vocab.json"):
+        shutil.copy(demo_dir / name, tmp_path / name)
+    monkeypatch.setenv(DIRECTORY_ENV, str(tmp_path / "cache"))
+    first = finished(charlm_job(tmp_path, "charlm-int8-dynamic.onnx", "job-a"))
+    second = finished(charlm_job(tmp_path, "charlm-w5.onnx", "job-b"))
+    assert second.provenance["baseline_outputs"] == {**first.provenance["baseline_outputs"], "reused": True}
+    # Judged on the reused outputs exactly as on outputs of its own.
+    monkeypatch.setenv(DIRECTORY_ENV, "off")
+    alone = finished(charlm_job(tmp_path, "charlm-w5.onnx", "job-c"))
+    assert [(c.check, c.value, c.baseline, c.candidate, c.verdict) for c in alone.checks] == \
+           [(c.check, c.value, c.baseline, c.candidate, c.verdict) for c in second.checks]
+    assert alone.provenance["drift"] == second.provenance["drift"]
+    # The same vocabulary at the same path, written differently: another file, so made again.
+    monkeypatch.setenv(DIRECTORY_ENV, str(tmp_path / "cache"))
+    vocab = tmp_path / "charlm-vocab.json"
+    vocab.write_text(vocab.read_text() + "\n")
+    again = finished(charlm_job(tmp_path, "charlm-w5.onnx", "job-d"))
+    assert again.provenance["baseline_outputs"]["reused"] is False
+    assert again.provenance["baseline_outputs"]["key"] != first.provenance["baseline_outputs"]["key"]

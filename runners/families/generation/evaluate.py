@@ -15,6 +15,7 @@ import numpy as np
 from runners import catalogue as cat
 from runners import rowoutputs
 from runners.backends import ArtifactError, make_runner
+from runners.baseline_cache import BaselineCache, baseline_key
 from runners.contracts import ArtifactSpec, CheckResult, JobSpec, SuiteSpec
 from runners.datacheck import DataError, check_slice_values
 from runners.decision import Policy, attach_evidence
@@ -164,12 +165,31 @@ def run_generation(spec: JobSpec, provenance: dict[str, Any]) -> tuple[list[Chec
         provenance.update(extra)
         return checks, curves
     inputs = load_inputs(spec.suite, settings)
-    generations = [generate(a, spec.runner_options.get(a.runner, {}), inputs, settings, spec.batch_size)
-                   for a in (spec.baseline, spec.candidate_artifact)]
+    generations = [baseline_generation(spec, inputs, settings, provenance),
+                   generate(spec.candidate_artifact, spec.runner_options.get(spec.candidate_artifact.runner, {}),
+                            inputs, settings, spec.batch_size)]
     provenance["_rows"] = rowoutputs.generation(generations[0].tokens, generations[0].lengths,
                                                 generations[1].tokens, generations[1].lengths,
                                                 {d: inputs.prompts.column(d) for d in spec.suite.slices})
     return judge_generations(*generations, inputs, spec.suite, settings)
+
+
+def baseline_generation(spec: JobSpec, inputs: GenerativeInputs, settings: GenerationSettings,
+                        provenance: dict[str, Any]) -> Generation:
+    """The baseline step model's generation (its step logits included), made once per key and shared
+    by the candidates of a sweep (runners/baseline_cache.py); where it came from goes into the provenance."""
+    options = spec.runner_options.get(spec.baseline.runner, {})
+    # The vocabulary file's content is part of the key: the settings name only its path.
+    made_of = baseline_key("step_generation", spec, provenance, options, spec.batch_size,
+                           (settings, provenance.get("suite", {}).get("tokenizer_sha256")))
+
+    def compute() -> dict[str, np.ndarray]:
+        made = generate(spec.baseline, options, inputs, settings, spec.batch_size)
+        arrays = {"tokens": made.tokens, "lengths": made.lengths}
+        return arrays if made.logits is None else {**arrays, "logits": made.logits}
+
+    arrays, provenance["baseline_outputs"] = BaselineCache.from_env().fetch(made_of, spec.job_id, compute)
+    return Generation(tokens=arrays["tokens"], lengths=arrays["lengths"], logits=arrays.get("logits"))
 
 
 def run(spec: JobSpec, provenance: dict[str, Any]) -> tuple[list[CheckResult], bytes]:
