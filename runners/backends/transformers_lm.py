@@ -27,10 +27,16 @@ DTYPES = ("float32", "bfloat16", "float16")
 @dataclass
 class Continuations:
     """Greedy outputs: `tokens` padded with the end-of-sequence id; `lengths` count it where it
-    was produced (an output cut at max_new_tokens has none)."""
+    was produced (an output cut at max_new_tokens has none). Where generation recorded them, the
+    model's own distribution at every produced position, compactly (`StepRecorder`): its top-K
+    token ids and log-probabilities and the log of the probability left outside them, rows
+    concatenated prompt after prompt (lengths[0] rows for the first prompt, and so on)."""
 
     tokens: np.ndarray  # (prompts, max_new_tokens) int64
     lengths: np.ndarray  # (prompts,) int32
+    top_ids: np.ndarray | None = None  # (lengths.sum(), K) int32
+    top_logp: np.ndarray | None = None  # (lengths.sum(), K) float32
+    rest_logp: np.ndarray | None = None  # (lengths.sum(),) float32
 
 
 @dataclass
@@ -40,6 +46,7 @@ class ForcedComparison:
 
     kl: list[np.ndarray]
     top1: list[np.ndarray]
+    baseline_from: str = ""  # how the baseline's distribution was had, for the provenance
 
 
 def _quiet_libraries() -> None:
@@ -138,13 +145,15 @@ class CausalLM:
         return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
 
     # -- generation -------------------------------------------------------------------------------
-    def generate(self, prompts: list[list[int]], caps: list[int], batch_size: int) -> Continuations:
+    def generate(self, prompts: list[list[int]], caps: list[int], batch_size: int, record_top: int = 0) -> Continuations:
         """Greedy generation with the KV cache, in left-padded batches of prompts with the same token
-        budget (a batch runs as long as its longest budget)."""
+        budget (a batch runs as long as its longest budget). With `record_top` K > 0, the model's
+        distribution at every step is kept as its top-K and the mass outside (Continuations)."""
         import torch
 
         tokens = np.full((len(prompts), max(caps)), self.eos_id, dtype=np.int64)
         lengths = np.zeros(len(prompts), dtype=np.int32)
+        recorded: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         for rows in _batches(caps, batch_size):
             budget = max(caps[r] for r in rows)
             width = max(len(prompts[r]) for r in rows)
@@ -153,19 +162,29 @@ class CausalLM:
             for i, r in enumerate(rows):
                 ids[i, width - len(prompts[r]):] = torch.tensor(prompts[r])
                 mask[i, width - len(prompts[r]):] = 1
+            recorder = StepRecorder(record_top) if record_top else None
+            from transformers import LogitsProcessorList
+
             with torch.inference_mode():
                 out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                                           max_new_tokens=budget, do_sample=False, temperature=None,
                                           top_p=None, top_k=None, pad_token_id=self.eos_id,
-                                          eos_token_id=self.eos_id)
+                                          eos_token_id=self.eos_id,
+                                          logits_processor=LogitsProcessorList([recorder] if recorder else []))
             new = out[:, width:].cpu().numpy()
+            steps = recorder.arrays() if recorder else None
             for i, r in enumerate(rows):
                 row = new[i][:caps[r]]
                 stops = np.flatnonzero(row == self.eos_id)
                 length = int(stops[0]) + 1 if len(stops) else len(row)
                 tokens[r, :length] = row[:length]
                 lengths[r] = length
-        return Continuations(tokens, lengths)
+                if steps is not None:
+                    recorded[r] = tuple(a[i, :length] for a in steps)  # type: ignore[assignment]
+        if not record_top:
+            return Continuations(tokens, lengths)
+        ordered = [recorded[r] for r in range(len(prompts))]
+        return Continuations(tokens, lengths, *(np.concatenate([o[k] for o in ordered]) for k in range(3)))
 
     # -- teacher forcing --------------------------------------------------------------------------
     def forced_log_probs(self, prompt: list[int], continuation: np.ndarray) -> Any:
@@ -175,31 +194,99 @@ class CausalLM:
 
         ids = torch.tensor([list(prompt) + continuation.tolist()], dtype=torch.long, device=self.device)
         with torch.inference_mode():
-            logits = self.model(input_ids=ids, logits_to_keep=len(continuation) + 1).logits[0, :-1]
-        return torch.log_softmax(logits.float(), dim=-1)
+            logits = self.model(input_ids=ids, logits_to_keep=len(continuation) + 1).logits[0, :-1].float()
+            # In place: one prompt's positions x vocabulary is the largest tensor a job keeps.
+            return logits.sub_(torch.logsumexp(logits, dim=-1, keepdim=True))
 
 
 def compare_forced(baseline: CausalLM, candidate: CausalLM, prompts: list[list[int]],
                    continuations: Continuations) -> ForcedComparison:
-    """Both models scored on the baseline's own continuation, prompt by prompt, so no more than
-    one prompt's positions x vocabulary of log-probabilities is alive at a time."""
+    """The candidate scored teacher-forced on the baseline's own continuation, prompt by prompt
+    (one prompt's positions x vocabulary alive at a time), against the baseline's distribution
+    at the same positions: as its generation recorded it (top-K and the rest: the KL between the
+    two distributions over those K tokens and "any other", never above the full KL and equal to it
+    when the rest is empty; top-1 is the baseline's greedy token itself), or else from a
+    teacher-forced pass of the baseline too (full vocabulary)."""
     import torch
 
     kl, top1 = [], []
+    offset = 0
+    recorded = continuations.top_ids is not None
     for prompt, tokens, length in zip(prompts, continuations.tokens, continuations.lengths):
         continuation = tokens[:length]
         if not len(continuation):
             kl.append(np.zeros(0))
             top1.append(np.zeros(0, bool))
             continue
-        base = baseline.forced_log_probs(prompt, continuation)
-        cand = candidate.forced_log_probs(prompt, continuation).to(base.device)
-        kl.append((base.exp() * (base - cand)).sum(dim=-1).clamp_min(0).cpu().numpy().astype(np.float64))
-        top1.append((cand.argmax(dim=-1) == base.argmax(dim=-1)).cpu().numpy())
-        del base, cand
+        cand = candidate.forced_log_probs(prompt, continuation)
+        if recorded:
+            span = slice(offset, offset + int(length))
+            step_kl = _kl_over_recorded(continuations, span, cand)
+            step_top1 = cand.argmax(dim=-1).cpu().numpy() == continuation
+        else:
+            base = baseline.forced_log_probs(prompt, continuation).to(cand.device)
+            step_kl = (base.exp() * (base - cand)).sum(dim=-1).clamp_min(0).cpu().numpy()
+            step_top1 = (cand.argmax(dim=-1) == base.argmax(dim=-1)).cpu().numpy()
+            del base
+        kl.append(step_kl.astype(np.float64))
+        top1.append(step_top1)
+        offset += int(length)
+        del cand
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    return ForcedComparison(kl, top1)
+    how = (f"its generation's top {continuations.top_ids.shape[1]} log-probabilities and the rest" if recorded
+           else "a teacher-forced pass, full vocabulary")
+    return ForcedComparison(kl, top1, how)
+
+
+def _kl_over_recorded(steps: Continuations, span: slice, cand: Any, chunk: int = 64) -> np.ndarray:
+    """KL(baseline || candidate) per position over the baseline's recorded top-K tokens and the
+    rest (the candidate's rest is what its full distribution leaves outside those K); `chunk`
+    positions at a time, so the temporaries stay small next to the candidate's log-probabilities."""
+    import torch
+
+    out = []
+    for start in range(0, cand.shape[0], chunk):
+        rows = slice(span.start + start, min(span.start + start + chunk, span.stop))
+        ids = torch.from_numpy(steps.top_ids[rows]).to(cand.device).long()
+        base_top = torch.from_numpy(steps.top_logp[rows]).to(cand.device).double()
+        base_rest = torch.from_numpy(steps.rest_logp[rows]).to(cand.device).double()
+        part = cand[start:start + chunk]
+        cand_top = part.gather(1, ids).double()
+        cand_rest = torch.logsumexp(part.scatter(1, ids, float("-inf")), dim=-1).double()
+        inside = (base_top.exp() * (base_top - cand_top)).sum(dim=-1)
+        # An empty rest (probability 0) contributes nothing, whatever the candidate puts there.
+        rest = torch.where(torch.isneginf(base_rest), torch.zeros_like(base_rest),
+                           base_rest.exp() * (base_rest - cand_rest))
+        out.append((inside + rest).clamp_min(0).cpu().numpy())
+    return np.concatenate(out)
+
+
+class StepRecorder:
+    """A logits processor that keeps, at every generation step, the top-K log-probabilities of
+    each row and the log of the probability outside them, and changes nothing: full-vocabulary
+    logits are never kept past their step."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+        self.steps: list[tuple[Any, Any, Any]] = []
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        log_probs = torch.log_softmax(scores.float(), dim=-1)
+        top = log_probs.topk(min(self.k, log_probs.shape[-1]), dim=-1)
+        rest = torch.logsumexp(log_probs.scatter(1, top.indices, float("-inf")), dim=-1)
+        self.steps.append((top.indices.cpu(), top.values.cpu(), rest.cpu()))
+        return scores
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(rows, steps, K) ids, (rows, steps, K) log-probabilities, (rows, steps) rest."""
+        import torch
+
+        return (torch.stack([s[0] for s in self.steps], 1).numpy().astype(np.int32),
+                torch.stack([s[1] for s in self.steps], 1).numpy().astype(np.float32),
+                torch.stack([s[2] for s in self.steps], 1).numpy().astype(np.float32))
 
 
 def _batches(caps: list[int], batch_size: int) -> list[list[int]]:

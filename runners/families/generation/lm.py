@@ -28,8 +28,14 @@ def _options(spec: JobSpec, quantization: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
+# The baseline's distribution is kept at every generated position as its top-K and the rest
+# (runners/backends/transformers_lm.py): no second pass of the baseline over its own output.
+RECORD_TOP = 256
+
+
 def _arrays(made: Any) -> dict[str, Any]:
-    return {"tokens": made.tokens, "lengths": made.lengths}
+    steps = {k: getattr(made, k) for k in ("top_ids", "top_logp", "rest_logp") if getattr(made, k) is not None}
+    return {"tokens": made.tokens, "lengths": made.lengths, **steps}
 
 
 def _texts(model: Any, generation: Generation, stop: str | None) -> list[str]:
@@ -65,8 +71,9 @@ def run_lm_generation(spec: JobSpec, settings: GenerationSettings,
         # The baseline's generation is shared by the candidates of a sweep (runners/baseline_cache.py).
         key = baseline_key("lm_generation", spec, provenance, _options(spec, {}), batch, settings)
         arrays, source = BaselineCache.from_env().fetch(
-            key, spec.job_id, lambda: _arrays(base.generate(ids, caps, batch)))
-        baseline_made = Continuations(arrays["tokens"], arrays["lengths"])
+            key, spec.job_id, lambda: _arrays(base.generate(ids, caps, batch, record_top=RECORD_TOP)))
+        baseline_made = Continuations(arrays["tokens"], arrays["lengths"], arrays.get("top_ids"),
+                                      arrays.get("top_logp"), arrays.get("rest_logp"))
         made = [baseline_made, cand.generate(ids, caps, batch)]
         forced = compare_forced(base, cand, ids, made[0])
         generations = [Generation(tokens=m.tokens, lengths=m.lengths, logits=None) for m in made]
@@ -77,7 +84,9 @@ def run_lm_generation(spec: JobSpec, settings: GenerationSettings,
                          for t, b, c in list(zip(texts, *outputs))[:3]]
     extra: dict[str, Any] = {"prompt_tokens": int(sum(len(i) for i in ids)),
                              "generated_tokens": [int(g.lengths.sum()) for g in generations],
-                             "baseline_outputs": source, "quantization": quantization}
+                             "baseline_outputs": source, "quantization": quantization,
+                             "step_comparison": {"candidate": "teacher-forced on the baseline's output",
+                                                 "baseline": forced.baseline_from}}
     extra["_rows"] = rowoutputs.generation(generations[0].tokens, generations[0].lengths, generations[1].tokens,
                                            generations[1].lengths, {d: prompts.column(d) for d in spec.suite.slices})
     if spec.candidate_artifact.quantization.get("recipe"):
