@@ -21,7 +21,7 @@ from typing import Any, Callable
 from scheduler.config import ConfigError, LoadedConfig
 from scheduler.cli_records import (UsageError, _load, _print_json, cmd_compare, cmd_history, cmd_report,
                                    cmd_reproduce, cmd_status)
-from scheduler.validate import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_PASS
+from scheduler.outcome import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_PASS
 
 DEFAULT_CONFIG = "targets.yaml"
 # How long `validate` keeps retrying ledger writes that fail (a lock held elsewhere) before it gives up.

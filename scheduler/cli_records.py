@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from scheduler.config import LoadedConfig, load_config
-from scheduler.validate import EXIT_GATE_FAILED, EXIT_PASS
+from scheduler.outcome import EXIT_GATE_FAILED, EXIT_PASS
 
 
 class UsageError(Exception):

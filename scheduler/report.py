@@ -7,7 +7,7 @@ from typing import Any
 
 from runners import catalogue
 from runners.contracts import AGGREGATE_DIMENSION, FAIL, INCONCLUSIVE, INSUFFICIENT, PASS, CheckResult
-from scheduler.validate import RunRecord, ValidationReport
+from scheduler.outcome import RunRecord, ValidationReport
 
 # v2: "check" is the bare catalogue name; "batch_size" and "metric" say the rest (null where not applicable).
 DOCUMENT_VERSION = 2

@@ -18,7 +18,7 @@ from runners.hashing import artifact_digests, sha256_path
 from scheduler import rowdiff
 from scheduler.config import LoadedConfig
 from scheduler.ledger import Ledger
-from scheduler.validate import EXIT_BAD_INPUT, EXIT_GATE_FAILED, EXIT_INTERNAL, EXIT_PASS
+from scheduler.outcome import EXIT_BAD_INPUT, EXIT_GATE_FAILED, EXIT_INTERNAL, EXIT_PASS
 
 DOCUMENT_VERSION = 1
 

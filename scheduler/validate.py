@@ -3,50 +3,20 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from typing import Callable
 
-from runners.contracts import ERROR, INCONCLUSIVE, PASS, JobResult, JobSpec
+from runners.contracts import PASS, JobResult, JobSpec
 from scheduler.config import LoadedConfig
 from scheduler.dispatch import RayDispatcher, error_result
 from scheduler.ledger import Ledger
+from scheduler.outcome import (EXIT_BAD_INPUT, EXIT_GATE_FAILED, EXIT_INTERNAL, EXIT_PASS, RunRecord,
+                               ValidationReport)
+from scheduler.report import explain_failure
+
+__all__ = ["EXIT_BAD_INPUT", "EXIT_GATE_FAILED", "EXIT_INTERNAL", "EXIT_PASS", "LedgerListener", "RunRecord",
+           "ValidationReport", "run_validation"]
 
 log = logging.getLogger("revalidator.jobs")
-
-# Exit codes (the CLI contract).
-EXIT_PASS, EXIT_GATE_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
-
-
-@dataclass
-class RunRecord:
-    run_id: str
-    spec: JobSpec
-    result: JobResult
-
-
-@dataclass
-class ValidationReport:
-    records: list[RunRecord] = field(default_factory=list)
-    ray_startup_seconds: float = 0.0
-    ray_origin: str = "embedded"  # or "address", "shared, started", "shared, reused" (scheduler/local_ray.py)
-
-    def exit_code(self) -> int:
-        """3 for an internal or infrastructure error (a stale runtime in a worker among them), else 2 for
-        bad input, else 1 for a gate that did not pass, else 0."""
-        results = [r.result for r in self.records]
-        if any(r.verdict == ERROR and r.error_kind != "input" for r in results):
-            return EXIT_INTERNAL
-        if any(r.verdict == ERROR for r in results):
-            return EXIT_BAD_INPUT
-        if any(r.result.verdict != PASS and not _alert_inconclusive(r) for r in self.records):
-            return EXIT_GATE_FAILED
-        return EXIT_PASS
-
-
-def _alert_inconclusive(record: RunRecord) -> bool:
-    """An inconclusive verdict under the `alert` policy does not fail the gate: it is reported only."""
-    decision = record.spec.suite.decision or {}
-    return record.result.verdict == INCONCLUSIVE and decision.get("policy") == "alert"
 
 
 class LedgerListener:
@@ -61,8 +31,6 @@ class LedgerListener:
         log.info("job started", extra={"fields": _fields(run_id, spec)})
 
     def finished(self, run_id: str, spec: JobSpec, result: JobResult) -> None:
-        from scheduler.report import explain_failure
-
         recorded = self.ledger.finish_run(run_id, result)
         fields = {**_fields(run_id, spec), "verdict": result.verdict, "recorded": recorded,
                   "seconds": round(result.finished_at - result.started_at, 3)}
