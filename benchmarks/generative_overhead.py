@@ -73,7 +73,7 @@ def main() -> int:
         spec = JobSpec("bench", "local", "charlm", "w5", ArtifactSpec(base, "onnxruntime"),
                        ArtifactSpec(cand, "onnxruntime"), suite, batch_size=1024)
         sides = {"plain": lambda: [plain_generation(m, prompts, vocab) for m in (base, cand)],
-                 "harness": lambda: run_generation(spec)}
+                 "harness": lambda: run_generation(spec, {})}  # no provenance: no stack key, so nothing cached
         times = time_sides(sides, args.repeats)
     ratio = paired_ratio(times, "harness", "plain")
     print(json.dumps({"case": "charlm-240-prompts-384-tokens", "prompts": len(prompts),
