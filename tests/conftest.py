@@ -85,3 +85,23 @@ suites:
     checks: {{max_drop: 0.03, min_agreement: 0.95}}
     slice_checks: {{max_drop: 0.08, min_agreement: 0.90}}
 {extra_suite}"""
+
+
+def old_ledger(path: Path, version: int, verdict: str = "fail"):
+    """A SQLite ledger built by the real migrations up to schema `version` only, holding one finished
+    run 'old': what an older release left behind, for the migration tests. Returns its engine."""
+    import sqlalchemy as sa
+
+    from scheduler import ledger_schema
+    from scheduler.storage import sqlite_url
+
+    engine = sa.create_engine(sqlite_url(path))
+    with engine.begin() as conn:
+        ledger_schema.metadata.create_all(conn, tables=[ledger_schema.schema_version])
+        for number, migration in enumerate(ledger_schema.MIGRATIONS[:version], start=1):
+            migration(conn)
+            conn.execute(ledger_schema.schema_version.insert().values(version=number))
+        conn.execute(sa.text("INSERT INTO runs (run_id, job_id, trigger, target, model, candidate, suite, status, "
+                             "verdict, created_at, finished_at) VALUES ('old', 'j', 'manual', 'cpu', 'm', 'w4', 's', "
+                             "'finished', :verdict, 1.0, 2.0)"), {"verdict": verdict})
+    return engine

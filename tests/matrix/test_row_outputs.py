@@ -9,13 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import sqlalchemy as sa
 
 from runners import rowoutputs
 from runners.contracts import ArtifactSpec, CheckSpec, JobResult, JobSpec, SuiteSpec
 from runners.harness import run_job
-from scheduler import ledger as ledger_module
 from scheduler.ledger import SCHEMA_VERSION, Ledger
+from tests.conftest import old_ledger
 
 
 def demo_spec(demo: Path, candidate: str = "digits-int8-static.onnx", **suite: object) -> JobSpec:
@@ -98,16 +97,7 @@ def test_ledger_v4_stores_with_the_result_and_prunes_with_the_run(tmp_path: Path
 
 
 def test_a_v3_ledger_migrates_and_keeps_its_runs(tmp_path: Path) -> None:
-    engine = sa.create_engine(ledger_module.sqlite_url(tmp_path / "v3.sqlite"))
-    with engine.begin() as conn:
-        ledger_module.metadata.create_all(conn, tables=[ledger_module.schema_version])
-        for version, migration in enumerate(ledger_module.MIGRATIONS[:3], start=1):
-            migration(conn)
-            conn.execute(ledger_module.schema_version.insert().values(version=version))
-        conn.execute(sa.text("INSERT INTO runs (run_id, job_id, trigger, target, model, candidate, suite, status, "
-                             "verdict, created_at, finished_at) VALUES ('old', 'j', 'manual', 'cpu', 'm', 'w4', 's', "
-                             "'finished', 'pass', 1.0, 2.0)"))
-    engine.dispose()
+    old_ledger(tmp_path / "v3.sqlite", 3, verdict="pass").dispose()
     ledger = Ledger("sqlite:///v3.sqlite", base_dir=tmp_path)
     assert ledger.schema_version() == SCHEMA_VERSION
     assert ledger.run("old")["verdict"] == "pass" and ledger.row_outputs("old") is None

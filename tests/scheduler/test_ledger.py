@@ -10,6 +10,7 @@ import pytest
 
 from runners.contracts import ArtifactSpec, CheckResult, CheckSpec, JobResult, JobSpec, SuiteSpec
 from scheduler.ledger import SCHEMA_VERSION, Ledger, LedgerError
+from tests.conftest import old_ledger
 
 
 def spec(candidate: str = "w4", target: str = "cpu") -> JobSpec:
@@ -126,17 +127,8 @@ def test_a_v4_ledger_splits_qualified_check_names_into_fields(tmp_path: Path) ->
     migrates them into their columns, and every row and run is still there."""
     import sqlalchemy as sa
 
-    from scheduler import ledger as module
-
-    engine = sa.create_engine(module.sqlite_url(tmp_path / "v4.sqlite"))
+    engine = old_ledger(tmp_path / "v4.sqlite", 4)
     with engine.begin() as conn:
-        module.metadata.create_all(conn, tables=[module.schema_version])
-        for version, migration in enumerate(module.MIGRATIONS[:4], start=1):
-            migration(conn)
-            conn.execute(module.schema_version.insert().values(version=version))
-        conn.execute(sa.text("INSERT INTO runs (run_id, job_id, trigger, target, model, candidate, suite, status, "
-                             "verdict, created_at, finished_at) VALUES ('old', 'j', 'manual', 'cpu', 'm', 'w4', 's', "
-                             "'finished', 'fail', 1.0, 2.0)"))
         names = ["max_drop@batch=1", "max_drop@batch=64", "max_drop:acc", "max_drop:exact_match,strict-match",
                  "min_agreement", "max_drop@batch=64"]
         for i, name in enumerate(names):
