@@ -9,6 +9,7 @@ what is wrong and where; `--debug` adds the traceback.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
@@ -58,9 +59,14 @@ def _progress(done: int, total: int, record: Any) -> None:
           f" ({result.finished_at - result.started_at:.1f}s)", file=sys.stderr, flush=True)
 
 
+def _open_ledger(loaded: LoadedConfig) -> Any:
+    from scheduler.ledger import Ledger  # SQLAlchemy with it: on the thread that opens the ledger
+
+    return Ledger(loaded.config.ledger, loaded.base_dir)
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from scheduler.dispatch import RayDispatcher
-    from scheduler.ledger import Ledger
     from scheduler.planning import SelectionError, plan
     from scheduler import report as render
     from scheduler.validate import run_validation
@@ -80,10 +86,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(f"starting Ray and {len(jobs)} job(s)...", file=sys.stderr, flush=True)
     dispatcher.attach_shared()
     _log_to_file(loaded)
-    opening = _InBackground(lambda: Ledger(loaded.config.ledger, loaded.base_dir))  # while Ray starts
+    opening = _InBackground(lambda: _open_ledger(loaded))  # while Ray starts and the workers warm up
     ledger = None
     try:
         dispatcher.start()
+        dispatcher.warm(jobs)
         ledger = opening.result()
         for sig in (signal.SIGTERM, signal.SIGINT):  # after Ray's start, which installs a handler of its own
             signal.signal(sig, lambda number, _frame: dispatcher.stop(signal.Signals(number).name))
@@ -241,6 +248,7 @@ def _sweep_once(loaded: LoadedConfig, args: argparse.Namespace) -> int:
         dispatcher.start()
         probe_targets(dispatcher, ledger, loaded.config.targets, 60)
         plan = plan_event(Planner(loaded), ledger, Manual(target=args.target, force=args.force))
+        dispatcher.warm(plan.jobs)
         result = run_validation(loaded, plan.jobs, ledger, dispatcher)
     finally:
         dispatcher.shutdown()
@@ -331,11 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    import sqlalchemy as sa
-
     from scheduler.dispatch import InfrastructureError
     from scheduler.http import ListenError
-    from scheduler.ledger import LedgerError
+    from scheduler.ledger_errors import LedgerError
 
     def fail(code: int, message: str) -> int:
         if args.debug and code == EXIT_INTERNAL:
@@ -352,14 +358,33 @@ def main(argv: list[str] | None = None) -> int:
         return fail(EXIT_BAD_INPUT, str(exc))
     except (InfrastructureError, LedgerError) as exc:
         return fail(EXIT_INTERNAL, str(exc))
-    except sa.exc.SQLAlchemyError as exc:  # a ledger read that failed outside the ledger's own handling
-        return fail(EXIT_INTERNAL, f"ledger: {str(getattr(exc, 'orig', exc)).splitlines()[0]}")
     except KeyboardInterrupt:
         return fail(EXIT_INTERNAL, "interrupted")
     except Exception as exc:  # a bug: one line, the traceback with --debug
+        if _is_database_error(exc):  # a ledger read that failed outside the ledger's own handling
+            return fail(EXIT_INTERNAL, f"ledger: {str(getattr(exc, 'orig', exc)).splitlines()[0]}")
         hint = "" if args.debug else " (run with --debug for the traceback)"
         return fail(EXIT_INTERNAL, f"internal error: {type(exc).__name__}: {exc}{hint}")
 
 
+def _is_database_error(exc: Exception) -> bool:
+    sa = sys.modules.get("sqlalchemy")  # only a command that imported it can have raised one of its errors
+    return sa is not None and isinstance(exc, sa.exc.SQLAlchemyError)
+
+
+def run() -> None:
+    """The `revalidator` executable: `main`, then out without the interpreter's teardown (about
+    0.4 s after a Ray command: its threads and modules), once output is flushed and logs closed.
+    Every command closes its ledger and its Ray connection itself."""
+    code = main()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can be said there
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -33,8 +33,9 @@ from scheduler.generations import WorkerGenerations
 from scheduler.local_ray import SharedLocalRay, for_one_shot
 from scheduler.outbox import Outbox
 from scheduler.ray_attach import SharedRay
-from scheduler.storage import LedgerWriteError
-from scheduler.tasks import execute, placement_options, probe
+from scheduler.ledger_errors import LedgerWriteError
+from scheduler.tasks import execute, placement_options, probe, warm
+from scheduler.warmup import WarmUps
 
 log = logging.getLogger("revalidator.dispatch")
 
@@ -43,6 +44,8 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 # Longest single wait, so that stop requests and deadlines are noticed promptly.
 _TICK_SECONDS = 0.25
+# Most workers a one-shot command warms per target (scheduler/warmup.py).
+_MAX_WARM_WORKERS = 4
 
 
 class InfrastructureError(RuntimeError):
@@ -109,6 +112,7 @@ class RayDispatcher:
         self.stop_reason: str | None = None
         self._outbox = Outbox()
         self.generations = WorkerGenerations()
+        self._warm = WarmUps()
 
     @classmethod
     def for_one_shot(cls, loaded: LoadedConfig) -> "RayDispatcher":
@@ -143,6 +147,7 @@ class RayDispatcher:
         # Retries are ours (with backoff, recorded in the ledger), not Ray's.
         self._job_task = ray.remote(max_retries=0)(execute)
         self._probe_task = ray.remote(max_retries=0, num_cpus=0)(probe)
+        self._warm_task = ray.remote(max_retries=0)(warm)
         self.startup_seconds = time.perf_counter() - started
 
     @property
@@ -155,7 +160,27 @@ class RayDispatcher:
         its own, and says why. Called before Ray is imported: Ray reads its token settings once, then."""
         self._shared.attach()
 
+    def warm(self, jobs: list[JobSpec]) -> None:
+        """Start each of these jobs' targets' worker now, while the command still plans
+        (scheduler/warmup.py); one-shot commands only: the daemon's workers outlive its jobs."""
+        targets = self.loaded.config.targets
+        tasks: dict[str, list[str]] = {}
+        for spec in jobs:
+            if spec.target in targets:
+                tasks.setdefault(spec.target, []).append(spec.suite.task)
+        available = self._available()
+        plan = {t: (tuple(sorted(set(v))), min(len(v), targets[t].max_concurrent_jobs, _MAX_WARM_WORKERS))
+                for t, v in tasks.items() if self._placeable(targets[t].where, available)}
+
+        def submit(target: str, task_names: tuple[str, ...]) -> Any:
+            return self._warm_task.options(**placement_options(targets[target].where),
+                                           **self.generations.options(target)).remote(task_names)
+
+        self._warm.start(plan, submit)
+
     def shutdown(self) -> None:
+        if self._ray is not None:
+            self._warm.cancel(self._ray)
         if self._started_ray and self._ray is not None:
             self._ray.shutdown()
             self._started_ray = False
@@ -326,6 +351,8 @@ class RayDispatcher:
                 continue
             if p.not_before > now or per_target.get(p.spec.target, 0) >= target.max_concurrent_jobs:
                 continue
+            if self._warm.holding(self._ray, p.spec.target):
+                continue
             if p.spec.target not in placeable:
                 placeable[p.spec.target] = self._placeable(target.where, available)
             if not placeable[p.spec.target]:
@@ -346,7 +373,7 @@ class RayDispatcher:
     def _collect(self, listener: Listener, timeout: float) -> None:
         if not self._running:
             if timeout:
-                time.sleep(min(timeout, _TICK_SECONDS))
+                self._warm.wait(self._ray, min(timeout, _TICK_SECONDS))
             return
         done, _ = self._ray.wait(list(self._running), num_returns=1, timeout=timeout)
         for ref in done:

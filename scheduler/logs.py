@@ -50,3 +50,5 @@ def to_file(path: str) -> None:
         logger = logging.getLogger(name)
         logger.handlers[:] = [handler]
         logger.propagate = False
+    if logging.getLogger("revalidator").level == logging.NOTSET:  # the file holds each job's start and end too
+        logging.getLogger("revalidator").setLevel(logging.INFO)

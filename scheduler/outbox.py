@@ -14,7 +14,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from scheduler.storage import LedgerError
+from scheduler.ledger_errors import LedgerError
 
 log = logging.getLogger("revalidator.dispatch")
 

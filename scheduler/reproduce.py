@@ -92,6 +92,7 @@ def reproduce(loaded: LoadedConfig, ledger: Ledger, run_prefix: str, target: str
     if owned:
         dispatcher = RayDispatcher.for_one_shot(loaded)
         dispatcher.start()
+        dispatcher.warm([job])
     try:
         record = run_validation(loaded, [job], ledger, dispatcher).records[0]
     finally:

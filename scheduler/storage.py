@@ -20,14 +20,13 @@ from typing import Any, Iterator
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from scheduler.ledger_errors import LedgerError, LedgerWriteError
+
+
 # How long one SQLite statement waits for a lock held by another process before it fails.
 # Short enough that a stuck holder shows up in /readyz within seconds; writers that fail are
 # retried by their callers (the dispatcher keeps computed results until they are written).
 BUSY_TIMEOUT_MS = 5000
-
-
-class LedgerError(Exception):
-    """The ledger cannot be opened or written."""
 
 
 def sqlite_url(path: str | Path) -> str:
@@ -160,10 +159,6 @@ def explain(exc: BaseException, where: str) -> str:
         except OSError:
             pass
     return text
-
-
-class LedgerWriteError(LedgerError):
-    """A write was refused (locked, disk full, read-only, damaged); the caller may retry it."""
 
 
 def _first_line(exc: BaseException) -> str:

@@ -22,6 +22,21 @@ def execute(spec: JobSpec) -> JobResult:
     return run_job(spec)
 
 
+def warm(tasks: tuple[str, ...]) -> int:
+    """The warm-up task body (scheduler/warmup.py): import the harness and the families of these
+    tasks, so that the worker the jobs reuse has them loaded; returns the worker's pid."""
+    import importlib
+    import os
+
+    import runners.harness  # noqa: F401
+    from runners.families import FAMILIES
+
+    for task in tasks:
+        if task in FAMILIES:
+            importlib.import_module(FAMILIES[task].partition(":")[0])
+    return os.getpid()
+
+
 def probe(custom: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The probe task body: the stack of the node it lands on."""
     from runners.probes import probe_stack

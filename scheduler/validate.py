@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from runners.contracts import PASS, JobResult, JobSpec
 from scheduler.config import LoadedConfig
 from scheduler.dispatch import RayDispatcher, error_result
-from scheduler.ledger import Ledger
 from scheduler.outcome import (EXIT_BAD_INPUT, EXIT_GATE_FAILED, EXIT_INTERNAL, EXIT_PASS, RunRecord,
                                ValidationReport)
 from scheduler.report import explain_failure
+
+if TYPE_CHECKING:  # the ledger (and SQLAlchemy) load on the command's ledger thread, not here
+    from scheduler.ledger import Ledger
 
 __all__ = ["EXIT_BAD_INPUT", "EXIT_GATE_FAILED", "EXIT_INTERNAL", "EXIT_PASS", "LedgerListener", "RunRecord",
            "ValidationReport", "run_validation"]

@@ -86,6 +86,12 @@ def test_one_shot_commands_share_a_kept_local_ray(tmp_path: Path, demo_dir: Path
         assert [(r["candidate"], r["verdict"]) for r in second["runs"]] == \
                [(r["candidate"], r["verdict"]) for r in first["runs"]]
         assert worker_pids(second).isdisjoint(worker_pids(first))
+        # the first job ran in the worker warmed while the command planned (scheduler/warmup.py)
+        warmed = [line for line in (config.parent / ".revalidator" / "validate.log").read_text().splitlines()
+                  if "worker warmed" in line]
+        # one per command (its target runs one job at a time), and every job ran in its command's warmed worker
+        warmed_pids = [int(line.rsplit("pid=", 1)[1].split()[0]) for line in warmed]
+        assert len(warmed_pids) == 2 and [worker_pids(first), worker_pids(second)] == [{pid} for pid in warmed_pids]
 
         # workers inherit the environment of the command that started their Ray: another one gets its own
         other = validate(config, instances, OMP_NUM_THREADS="1")
