@@ -185,7 +185,8 @@ def serve(directory: Path, keep_seconds: float, num_cpus: int | None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stopping.append("SIGTERM"))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # only a stop request or idleness ends it
     token, port = secrets.token_hex(32), _free_port()
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+    # Its workers report no task events either (scheduler/ray_attach.py): nothing reads them.
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_task_events_report_interval_ms": "0"}
     env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)  # the head binds to 127.0.0.1 by the flag below
     command = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--disable-usage-stats",
                "--node-ip-address=127.0.0.1", f"--port={port}", "--include-dashboard=false"]

@@ -2,7 +2,9 @@
 
 Ray reads its token settings once, when it is imported, so they are set here before that; where
 the shared instance cannot be attached or joined, they are put back and the command starts an
-embedded Ray of its own, saying why.
+embedded Ray of its own, saying why. The command's Ray driver also reports no task events (the
+state API's task records, which nothing here reads): without them its disconnect takes about
+0.1 s instead of 0.35.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from scheduler.local_ray import Attachment, LocalRayError, SharedLocalRay
 
 log = logging.getLogger("revalidator.dispatch")
 _AUTH_VARIABLES = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+NO_TASK_EVENTS = {"RAY_task_events_report_interval_ms": "0"}
+_SET_VARIABLES = (*_AUTH_VARIABLES, *NO_TASK_EVENTS)
 
 
 class SharedRay:
@@ -33,9 +37,10 @@ class SharedRay:
         except (LocalRayError, OSError) as exc:
             log.warning("starting an embedded Ray instead of the shared one", extra={"fields": {"reason": str(exc)}})
             return
-        self._saved_auth = {name: os.environ.get(name) for name in _AUTH_VARIABLES}
+        self._saved_auth = {name: os.environ.get(name) for name in _SET_VARIABLES}
         os.environ["RAY_AUTH_MODE"], os.environ["RAY_AUTH_TOKEN"] = "token", self.attachment.token
         os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
+        os.environ.update(NO_TASK_EVENTS)
         self.origin = "shared, started" if self.attachment.started else "shared, reused"
 
     def init(self, ray: Any, kwargs: dict[str, Any]) -> bool:
