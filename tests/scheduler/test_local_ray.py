@@ -94,9 +94,15 @@ def test_one_shot_commands_share_a_kept_local_ray(tmp_path: Path, demo_dir: Path
         assert len(warmed_pids) == 2 and [worker_pids(first), worker_pids(second)] == [{pid} for pid in warmed_pids]
 
         # workers inherit the environment of the command that started their Ray: another one gets its own
+        config.write_text(config.read_text().replace("  local-cpu:\n", "  local-cpu:\n    max_concurrent_jobs: 2\n"))
         other = validate(config, instances, OMP_NUM_THREADS="1")
         assert other["ray_origin"] == "shared, started"
         assert len(live(instances)) == 2
+        # a target that runs two jobs at once gets two warm-ups, and its jobs ran in their workers
+        warmed = [line for line in (config.parent / ".revalidator" / "validate.log").read_text().splitlines()
+                  if "worker warmed" in line][2:]
+        assert len(warmed) == 2
+        assert worker_pids(other) <= {int(line.rsplit("pid=", 1)[1].split()[0]) for line in warmed}
     finally:
         kept = live(instances)
         for directory in kept:
