@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import sys
 import threading
 import time
@@ -28,13 +27,12 @@ from typing import Any, Protocol
 
 from runners.contracts import ERROR, JobResult, JobSpec
 from scheduler.config import LoadedConfig
-from scheduler.config.schema import Placement
 from scheduler.generations import WorkerGenerations
 from scheduler.local_ray import SharedLocalRay, for_one_shot
 from scheduler.outbox import Outbox
-from scheduler.ray_attach import SharedRay
+from scheduler.ray_attach import InfrastructureError, SharedRay, check_reachable
 from scheduler.ledger_errors import LedgerWriteError
-from scheduler.tasks import execute, placement_options, probe, warm
+from scheduler.tasks import available_nodes, execute, placeable, placement_options, probe, warm
 from scheduler.warmup import WarmUps
 
 log = logging.getLogger("revalidator.dispatch")
@@ -48,10 +46,6 @@ _TICK_SECONDS = 0.25
 _MAX_WARM_WORKERS = 4
 
 
-class InfrastructureError(RuntimeError):
-    """Ray cannot be started or reached."""
-
-
 class Listener(Protocol):
     """Where the dispatcher reports each job's fate (the ledger, in practice)."""
 
@@ -61,18 +55,6 @@ class Listener(Protocol):
     def ended(self, run_id: str, spec: JobSpec, status: str, reason: str) -> None: ...
     def handed_back(self, run_id: str, spec: JobSpec, reason: str) -> None: ...
     def target_state(self, target: str, state: str, detail: str | None) -> None: ...
-
-
-def check_reachable(address: str, timeout: float = 5.0) -> None:
-    """Fail fast on a "host:port" nobody answers; ray.init would retry for minutes."""
-    host, sep, port = address.removeprefix("ray://").rpartition(":")
-    if not sep or not port.isdigit():
-        return  # "auto" and other forms are Ray's to resolve
-    try:
-        with socket.create_connection((host, int(port)), timeout=timeout):
-            pass
-    except OSError as exc:
-        raise InfrastructureError(f"cannot start or reach {address}: {exc.strerror or exc}") from exc
 
 
 def error_result(spec: JobSpec, message: str, started: float) -> JobResult:
@@ -168,9 +150,9 @@ class RayDispatcher:
         for spec in jobs:
             if spec.target in targets:
                 tasks.setdefault(spec.target, []).append(spec.suite.task)
-        available = self._available()
+        available = available_nodes(self._ray)
         plan = {t: (tuple(sorted(set(v))), min(len(v), targets[t].max_concurrent_jobs, _MAX_WARM_WORKERS))
-                for t, v in tasks.items() if self._placeable(targets[t].where, available)}
+                for t, v in tasks.items() if placeable(targets[t].where, available)}
 
         def submit(target: str, task_names: tuple[str, ...]) -> Any:
             return self._warm_task.options(**placement_options(targets[target].where),
@@ -192,10 +174,10 @@ class RayDispatcher:
         ray, cfg = self._ray, self.loaded.config
         out: dict[str, dict[str, Any] | str] = {}
         refs = {}
-        available = self._available()
+        available = available_nodes(self._ray)
         for name in targets:
             target = cfg.targets[name]
-            if not self._placeable(target.where, available):
+            if not placeable(target.where, available):
                 out[name] = "no node offers this target"
                 continue
             # In the target's job workers: a worker of their own would often be reaped between polls
@@ -314,20 +296,6 @@ class RayDispatcher:
         return self._outbox.flush(listener)
 
     # -- internals ----------------------------------------------------------------------------
-    def _available(self) -> tuple[dict[str, float], list[dict[str, str]]]:
-        ray = self._ray
-        labels = [n.get("Labels", {}) or {} for n in ray.nodes() if n.get("Alive")]
-        return ray.cluster_resources(), labels
-
-    @staticmethod
-    def _placeable(where: str | Placement, available: tuple[dict[str, float], list[dict[str, str]]]) -> bool:
-        resources, labels = available
-        if where == "local" or not isinstance(where, Placement):
-            return True
-        if where.resource is not None:
-            return resources.get(where.resource, 0) > 0
-        return any(all(node.get(k) == v for k, v in (where.labels or {}).items()) for node in labels)
-
     def _start_ready(self, listener: Listener) -> None:
         cfg = self.loaded.config
         if self.stopping.is_set() or self._outbox:  # nothing new starts while reports wait to be written
@@ -337,11 +305,11 @@ class RayDispatcher:
             if not self._pending:
                 return
             pending = list(self._pending)
-        available = self._available()
+        available = available_nodes(self._ray)
         per_target: dict[str, int] = {}
         for flight in self._running.values():
             per_target[flight.pending.spec.target] = per_target.get(flight.pending.spec.target, 0) + 1
-        placeable: dict[str, bool] = {}
+        offered: dict[str, bool] = {}  # per target: whether a live node offers it
         for p in pending:
             target = cfg.targets.get(p.spec.target)
             if target is None:  # the target left the config while the job waited
@@ -353,9 +321,9 @@ class RayDispatcher:
                 continue
             if self._warm.holding(self._ray, p.spec.target):
                 continue
-            if p.spec.target not in placeable:
-                placeable[p.spec.target] = self._placeable(target.where, available)
-            if not placeable[p.spec.target]:
+            if p.spec.target not in offered:
+                offered[p.spec.target] = placeable(target.where, available)
+            if not offered[p.spec.target]:
                 p.waiting_since = p.waiting_since or now
                 continue
             p.waiting_since = None

@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from typing import Any
 
 from scheduler.local_ray import Attachment, LocalRayError, SharedLocalRay
 
 log = logging.getLogger("revalidator.dispatch")
+
+
+class InfrastructureError(RuntimeError):
+    """Ray cannot be started or reached (re-exported by scheduler/dispatch.py, where callers take it)."""
 _AUTH_VARIABLES = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
 NO_TASK_EVENTS = {"RAY_task_events_report_interval_ms": "0"}
 _SET_VARIABLES = (*_AUTH_VARIABLES, *NO_TASK_EVENTS)
@@ -65,3 +70,15 @@ class SharedRay:
         if self.attachment is not None:
             self.attachment.release()
             self.attachment = None
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast on a "host:port" nobody answers; ray.init would retry for minutes."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return  # "auto" and other forms are Ray's to resolve
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise InfrastructureError(f"cannot start or reach {address}: {exc.strerror or exc}") from exc

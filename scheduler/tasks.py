@@ -51,3 +51,19 @@ def placement_options(where: str | Placement) -> dict[str, Any]:
     if where.resource is not None:
         return {"resources": {where.resource: PIN_AMOUNT}}
     return {"label_selector": dict(where.labels or {})}
+
+
+def available_nodes(ray: Any) -> tuple[dict[str, float], list[dict[str, str]]]:
+    """The cluster's resources and its live nodes' labels, for `placeable`."""
+    labels = [n.get("Labels", {}) or {} for n in ray.nodes() if n.get("Alive")]
+    return ray.cluster_resources(), labels
+
+
+def placeable(where: str | Placement, available: tuple[dict[str, float], list[dict[str, str]]]) -> bool:
+    """Whether some live node offers this placement."""
+    resources, labels = available
+    if where == "local" or not isinstance(where, Placement):
+        return True
+    if where.resource is not None:
+        return resources.get(where.resource, 0) > 0
+    return any(all(node.get(k) == v for k, v in (where.labels or {}).items()) for node in labels)
