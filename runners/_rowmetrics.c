@@ -2,7 +2,7 @@
  * Fused per-row comparison of class-major baseline and candidate outputs.
  *
  * One pass over both (classes x rows) matrices computes, for every row, what
- * runners/metrics.py's numpy path computes in about twenty passes: top-1 of each
+ * runners/families/classification/metrics.py's numpy path computes in about twenty passes: top-1 of each
  * model, agreement, mean and max absolute difference, KL(softmax(b) || softmax(c)),
  * cosine similarity, and correctness against the labels. Rows are processed in
  * blocks whose temporaries stay in L1, and the inner loops run across rows so the
