@@ -86,6 +86,21 @@ class SlowOnnxRunner(Runner):
         self._inner.deactivate()
 
 
+class NodeMarkingSlowOnnxRunner(SlowOnnxRunner):
+    """SlowOnnxRunner that first leaves "<artifact>.loading-on-<Ray node id>": a test then sees the job
+    executing on a given node, not only handed to Ray for it (it may still wait for a lease there)."""
+
+    name = "node-marking-slow-onnxruntime"
+
+    def _load(self) -> None:
+        from pathlib import Path
+
+        import ray
+
+        Path(f"{self.path}.loading-on-{ray.get_runtime_context().get_node_id()}").touch()
+        super()._load()
+
+
 class IsaOnnxRunner(Runner):
     """onnxruntime on a CPU that lacks the integer dot-product kernels, which this machine cannot be.
 
