@@ -50,7 +50,6 @@ from scheduler.sweep import plan_event, probe_targets
 from scheduler.validate import EXIT_INTERNAL, LedgerListener
 
 log = logging.getLogger("revalidator.daemon")
-STARTUP_PROBE_SECONDS = 30.0
 # A second SIGTERM/SIGINT: the process ends without waiting for its work, an interruption (docs/faults.md).
 EXIT_FORCED = EXIT_INTERNAL
 
@@ -143,7 +142,7 @@ class Daemon:
         # A first look at every target before anything is planned. Its probes start cold Ray
         # workers (a process and its imports on every node), so they get more than a poll's time:
         # a catch-up planned before the stacks are known would be planned again once they are.
-        self.poll(timeout=max(STARTUP_PROBE_SECONDS, min(60.0, cfg.schedule.poll_interval_seconds)))
+        self.poll(timeout=max(cfg.schedule.startup_probe_seconds, min(60.0, cfg.schedule.poll_interval_seconds)))
         due = missed_sweep(cfg.schedule, self.ledger.last_scheduled_sweep(), dt.datetime.now(UTC))
         if due is not None:
             self.events.put(Scheduled(due=due.timestamp(), kind="catch-up"))

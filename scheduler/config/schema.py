@@ -275,6 +275,9 @@ class Schedule(Strict):
     """Used by the daemon; validated here so that one file configures both."""
 
     poll_interval_seconds: float = Field(default=300, gt=0)
+    # The daemon's first look at every target starts cold Ray workers on each node, so its probes
+    # get at least this long (and at most 60 s or a poll interval, whichever is longer).
+    startup_probe_seconds: float = Field(default=30, gt=0)
     nightly: str = "0 2 * * *"
     misfire_grace_seconds: float = Field(default=6 * 3600, ge=0)
 

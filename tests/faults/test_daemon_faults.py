@@ -172,7 +172,9 @@ def test_a_target_first_seen_after_start_up_is_validated_on_its_stack_not_left_u
     probe = f'probes: {{firmware: {{command: [sh, -c, "while [ -e {hold} ]; do sleep 0.1; done; echo 1.0"], ' \
             'timeout_seconds: 120}}'
     text = config.read_text()
-    config.write_text(text.replace(text[text.index("probes: {firmware: {file:"):].split("\n")[0], probe))
+    text = text.replace(text[text.index("probes: {firmware: {file:"):].split("\n")[0], probe)
+    # the start-up look gives up after 5 s (schedule.startup_probe_seconds), not the default 30
+    config.write_text(text.replace("schedule: {", "schedule: {startup_probe_seconds: 5, ", 1))
     process = DaemonProcess(config, cluster.address)
     try:
         process.wait_ready(timeout=120)
