@@ -1,5 +1,6 @@
-"""Baseline reuse through the real path: `revalidator validate` processes, each with its own
-embedded Ray whose workers run the jobs, over real onnxruntime models. The candidates of one
+"""Baseline reuse through the real path: `revalidator validate` processes on the embedded default
+(a kept local Ray, each command its own Ray job whose fresh workers run the jobs), over real
+onnxruntime models. The candidates of one
 sweep share one baseline run; a stack change, a replaced baseline file or a changed data file
 never reuses what an earlier run made."""
 
@@ -11,10 +12,12 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
 
+from scheduler import local_ray
 from tests.conftest import REPO, demo_config
 
 pytestmark = pytest.mark.ray
@@ -24,7 +27,7 @@ FILES = ("digits-fp32.onnx", "digits-int8-dynamic.onnx", "digits-int8-static.onn
 
 
 @pytest.fixture
-def setup(tmp_path: Path, demo_dir: Path) -> Path:
+def setup(tmp_path: Path, demo_dir: Path) -> Iterator[Path]:
     demo = tmp_path / "demo"
     demo.mkdir()
     for name in FILES:
@@ -34,11 +37,15 @@ def setup(tmp_path: Path, demo_dir: Path) -> Path:
     text = text.replace("    options:\n", f"    max_concurrent_jobs: 2\n    probes: {{firmware: {{file: "
                                          f"{tmp_path / 'firmware'}}}}}\n    options:\n", 1)
     (tmp_path / "targets.yaml").write_text(text)
-    return tmp_path
+    yield tmp_path
+    for directory, _ in local_ray.instances(tmp_path / "instances"):
+        local_ray.stop(directory)
 
 
 def validate(setup: Path) -> list[dict]:
-    env = {**os.environ, "REVALIDATOR_BASELINE_CACHE": str(setup / "cache"), "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "REVALIDATOR_BASELINE_CACHE": str(setup / "cache"), "PYTHONPATH": str(REPO),
+           local_ray.DIRECTORY_ENV: str(setup / "instances")}
+    env.pop(local_ray.MODE_ENV, None)  # the suite's default is a Ray per command
     proc = subprocess.run([sys.executable, "-m", "scheduler.cli", "validate", "--json", "-c",
                            str(setup / "targets.yaml")], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=300)
