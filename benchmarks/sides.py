@@ -8,11 +8,12 @@ from typing import Callable
 import numpy as np
 
 
-def time_sides(sides: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
-    """Seconds per run of every side: one warm-up each, then `repeats` rounds in which every side
-    runs once, back to back, in alternating order (the side that runs second after a burst is
-    measurably penalised, so each side goes first in half of the rounds)."""
-    for run in sides.values():
+def time_sides(sides: dict[str, Callable[[], object]], repeats: int, warmup: bool = True) -> dict[str, list[float]]:
+    """Seconds per run of every side: one warm-up each (unless the caller warmed them up more
+    cheaply itself), then `repeats` rounds in which every side runs once, back to back, in
+    alternating order (the side that runs second after a burst is measurably penalised, so each
+    side goes first in half of the rounds)."""
+    for run in sides.values() if warmup else ():
         run()
     times: dict[str, list[float]] = {side: [] for side in sides}
     order = list(sides)

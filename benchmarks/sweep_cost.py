@@ -132,6 +132,127 @@ def measure(name: str, base: Path, data: Path, slices: tuple[str, ...], cands: l
     return out
 
 
+# The LLM case: the demo's SmolLM2-135M-Instruct and the recipes applied at load, cycled to make
+# eight candidates (runners/backends/recipes.py has three), each its own job with its own name.
+LLM_CASE = "smollm2-135m-recipes"
+LLM_BATCH = 8  # the transformers runner's default generation batch
+# Sized for about 5 minutes per round of N = 1, 4, 8 on 2 quiet cores: 8 prompts, two batches
+# (16 and 48 new tokens) per model pass.
+LLM_PER_CATEGORY, LLM_MAX_NEW = 2, 48
+# llm-chat's checks in targets.yaml, and the recipes' declarations as its smollm2 candidates make them.
+LLM_CHECKS = (CheckSpec("max_refusal_rate_delta", 0.25), CheckSpec("max_format_drop", 0.2),
+              CheckSpec("max_exact_match_drop", 0.2), CheckSpec("min_step_top1_agreement", 0.95),
+              CheckSpec("max_mean_step_kl", 0.02))
+LLM_DECLARED = {"torchao-int8-weight-only": {"method": "weight-only-per-channel", "weight_bits": 8},
+                "torchao-int4-weight-only-g32": {"method": "weight-only-per-group-32", "weight_bits": 4},
+                "torch-dynamic-int8": {"method": "dynamic-per-tensor", "weight_bits": 8, "activation_bits": 8}}
+
+
+def llm_prompts(demo: Path, per_category: int, out: Path) -> Path:
+    """The first `per_category` prompts of each category of the demo's chat suite, in file order."""
+    rows = [json.loads(line) for line in (demo / "smollm2-prompts.jsonl").read_text().splitlines() if line.strip()]
+    seen: dict[str, int] = {}
+    kept = []
+    for row in rows:
+        seen[row["category"]] = seen.get(row["category"], 0) + 1
+        if seen[row["category"]] <= per_category:
+            kept.append(row)
+    out.write_text("".join(json.dumps(row) + "\n" for row in kept))
+    return out
+
+
+def llm_recipes(n: int) -> list[str]:
+    from runners.backends.recipes import RECIPES
+
+    return [list(RECIPES)[i % len(RECIPES)] for i in range(n)]
+
+
+def llm_specs(folder: Path, prompts: Path, max_new: int, min_slice: int, n: int) -> list[JobSpec]:
+    suite = SuiteSpec("llm-chat", str(prompts), "generation", ("category", "intent"), LLM_CHECKS,
+                      min_slice_size=min_slice, generation={"max_new_tokens": max_new, "stop": None})
+    baseline, specs = ArtifactSpec(str(folder), "transformers"), []
+    for i, recipe in enumerate(llm_recipes(n)):
+        declared = {**LLM_DECLARED.get(recipe, {"method": "recipe"}), "recipe": recipe}
+        candidate = ArtifactSpec(str(folder), "transformers", declared)
+        specs.append(JobSpec(f"llm-job-{i}", "local", "smollm2", f"{recipe}-{i}", baseline, candidate, suite,
+                             runner_options={"transformers": {"batch_size": LLM_BATCH}}))
+    return specs
+
+
+def llm_raw(folder: Path, recipes: list[str | None], prompts: Path, max_new: int) -> int:
+    """A user's plain script for the given models (None: the float baseline), one loaded at a time:
+    the prompts through the chat template, batched greedy `generate` with the KV cache at the
+    suite's per-prompt budgets, outputs decoded (as benchmarks/llm_overhead.py's `plain`). Returns
+    the tokens generated, counted as the harness counts them (up to and including the end of sequence)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from runners.backends.recipes import apply_recipe
+    from runners.backends.transformers_lm import _batches
+    from runners.families.generation.prompts import load_prompts
+
+    torch.set_num_threads(len(os.sched_getaffinity(0)))  # as the harness does
+    loaded = load_prompts(prompts, ("category",))
+    texts, caps = [p.text for p in loaded.prompts], loaded.caps(max_new)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    tokenizer.padding_side = "left"
+    rendered = [tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False,
+                                              add_generation_prompt=True) for t in texts]
+    tokens = 0
+    for recipe in recipes:
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+        model = apply_recipe(recipe, model) if recipe else model
+        for rows in _batches(caps, LLM_BATCH):
+            batch = tokenizer([rendered[r] for r in rows], return_tensors="pt", padding=True, add_special_tokens=False)
+            with torch.inference_mode():
+                out = model.generate(**batch, max_new_tokens=max(caps[r] for r in rows), do_sample=False,
+                                     temperature=None, top_p=None, top_k=None, pad_token_id=tokenizer.eos_token_id)
+            new = out[:, batch["input_ids"].shape[1]:]
+            for row, r in zip(new.tolist(), rows):
+                row = row[:caps[r]]
+                tokens += row.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in row else len(row)
+            tokenizer.batch_decode(new, skip_special_tokens=True)
+        del model
+    return tokens
+
+
+def measure_llm(demo: Path, per_category: int, max_new: int, rounds: int, work: Path, cache: Path) -> list[dict]:
+    """The LLM case, N = 1, 4, 8: `raw` (the N + 1 models' plain script) against `sweep` (run_job
+    of each candidate from a cold baseline cache), after one cheap warm-up of both sides (every
+    recipe at one new token: imports, first kernels, the page cache) instead of a full one each."""
+    import logging
+    import warnings
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    logging.disable(logging.WARNING)
+    warnings.simplefilter("ignore")
+    if not (demo / "smollm2-fp32").is_dir():
+        from examples import smollm2
+
+        smollm2.build(demo)
+    folder = demo / "smollm2-fp32"
+    prompts = llm_prompts(demo, per_category, work / "llm-prompts.jsonl")
+    tiny = llm_prompts(demo, 1, work / "llm-warmup.jsonl")
+    llm_raw(folder, [None, *llm_recipes(len(LLM_DECLARED))], tiny, 1)
+    sweep(llm_specs(folder, tiny, 1, 1, 1), cache)
+    count = sum(1 for line in prompts.read_text().splitlines() if line.strip())
+    out = []
+    for n in SIZES:
+        specs, recipes = llm_specs(folder, prompts, max_new, per_category, n), llm_recipes(n)
+        last: dict[str, object] = {}
+        times = time_sides({"raw": lambda: last.update(raw=llm_raw(folder, [None, *recipes], prompts, max_new)),
+                            "sweep": lambda: last.update(sweep=sweep(specs, cache))}, rounds, warmup=False)
+        results = last["sweep"]
+        made = results[0].provenance["generated_tokens"][0] + sum(r.provenance["generated_tokens"][1] for r in results)
+        out.append({"case": LLM_CASE, "prompts": count, "max_new_tokens": max_new, "candidates": n,
+                    "recipes": recipes, "raw_s": round(min(times["raw"]), 2), "sweep_s": round(min(times["sweep"]), 2),
+                    "ratio": round(paired_ratio(times, "sweep", "raw"), 3),
+                    "baseline_reused_by": sum(r.provenance["baseline_outputs"]["reused"] for r in results),
+                    "tokens_raw": last["raw"], "tokens_sweep": int(made)})
+        print(json.dumps(out[-1]), flush=True)
+    return out
+
+
 def embedded_default(work: Path) -> Path:
     """targets.yaml over the demo artifacts in `work/demo`, with absolute paths and its own ledger."""
     import yaml
@@ -206,32 +327,60 @@ def validate_runs(work: Path, runs: int) -> list[dict]:
     return out
 
 
+def median(values: list[float]) -> float | None:
+    values = sorted(values)
+    return values[len(values) // 2] if values else None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--validate-runs", type=int, default=3)
-    parser.add_argument("--validate-only", action="store_true", help="skip the sweeps")
+    parser.add_argument("--validate-runs", type=int, default=3, help="0: no one-shot validate runs")
+    only = parser.add_mutually_exclusive_group()
+    only.add_argument("--validate-only", action="store_true", help="skip the sweeps")
+    only.add_argument("--llm-only", action="store_true", help="only the LLM case (no classifier cases, no validate)")
+    parser.add_argument("--llm", action="store_true", help="also run the LLM case (minutes per round)")
+    parser.add_argument("--llm-rounds", type=int, help="rounds of the LLM case (default: --rounds)")
+    parser.add_argument("--llm-prompts", type=int, default=LLM_PER_CATEGORY,
+                        help="the first N prompts of each of the chat suite's 4 categories")
+    parser.add_argument("--llm-max-new-tokens", type=int, default=LLM_MAX_NEW,
+                        help="the suite's token budget (prompts with a lower one of their own keep it)")
+    parser.add_argument("--demo", default=str(REPO / "demo"), help="holds smollm2-fp32 (built there when absent)")
     args = parser.parse_args()
+    if min(args.rounds, args.llm_prompts, args.llm_max_new_tokens, args.llm_rounds or 1) < 1 or args.validate_runs < 0:
+        parser.error("--rounds, --llm-rounds, --llm-prompts and --llm-max-new-tokens must be at least 1, "
+                     "--validate-runs at least 0")
+    classifier, llm = not (args.validate_only or args.llm_only), args.llm or args.llm_only
+    validate = not args.llm_only and args.validate_runs > 0
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         cache = work / "cache"
         os.environ[DIRECTORY_ENV] = str(cache)
         cache.mkdir()
-        cases = []
-        if not args.validate_only:
+        cases, runs = [], []
+        if classifier:
             heavy = heavy_case(work)
             demo = demo_case(work / "digits")
             cases = measure("mlp-12m-10k", *heavy, candidates(heavy[0], work, "heavy"), args.rounds, cache)
             cases += measure("digits-mlp-demo", *demo, candidates(demo[0], work, "digits"), args.rounds, cache)
-        runs = validate_runs(work, args.validate_runs)
-    heavy8 = next((c["ratio"] for c in cases if c["case"] == "mlp-12m-10k" and c["candidates"] == 8), None)
-    kept = sorted(r["fixed_s"] for r in runs if r["ray"] == "shared, reused")
-    fresh = sorted(r["fixed_s"] for r in runs if r["ray"] == "embedded")
-    fixed = kept[len(kept) // 2] if kept else None  # median of the runs that found the kept Ray
-    ok = (heavy8 is None or heavy8 <= SWEEP_TARGET) and fixed is not None and fixed <= VALIDATE_TARGET
+        if llm:
+            cases += measure_llm(Path(args.demo), args.llm_prompts, args.llm_max_new_tokens,
+                                 args.llm_rounds or args.rounds, work, cache)
+        if validate:
+            runs = validate_runs(work, args.validate_runs)
+
+    def at8(case: str) -> float | None:
+        return next((c["ratio"] for c in cases if c["case"] == case and c["candidates"] == 8), None)
+
+    heavy8, llm8 = at8("mlp-12m-10k"), at8(LLM_CASE)
+    fixed = median([r["fixed_s"] for r in runs if r["ray"] == "shared, reused"])  # the runs that found the kept Ray
+    met = [heavy8 is not None and heavy8 <= SWEEP_TARGET] if classifier else []
+    met += [llm8 is not None and llm8 <= SWEEP_TARGET] if llm else []
+    met += [fixed is not None and fixed <= VALIDATE_TARGET] if validate else []
+    fresh = median([r["fixed_s"] for r in runs if r["ray"] == "embedded"])
     print(json.dumps({"metric": "sweep_over_raw_8_candidates", "value": heavy8, "target": SWEEP_TARGET,
-                      "validate_fixed_seconds": fixed, "validate_fixed_seconds_fresh_ray": fresh[len(fresh) // 2],
-                      "validate_target": VALIDATE_TARGET, "ok": ok}))
+                      "llm_value": llm8, "validate_fixed_seconds": fixed, "validate_fixed_seconds_fresh_ray": fresh,
+                      "validate_target": VALIDATE_TARGET, "ok": bool(met) and all(met)}))
     return 0
 
 
