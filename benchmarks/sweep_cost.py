@@ -12,12 +12,24 @@ median over rounds of sweep / raw. Cases: an MLP of about 12M parameters over 10
 target, at N = 8) and the demo's digits MLP over its 1,482 rows (reported: its inference is so cheap
 that each job's fixed costs dominate).
 
+LLM case (`--llm`, or `--llm-only` for it alone; minutes per round): the demo's SmolLM2-135M-Instruct
+(built into --demo when absent) on the first `--llm-prompts` prompts of each of its chat suite's 4
+categories at a budget of `--llm-max-new-tokens` (prompts with a lower budget of their own keep it).
+Candidates are the recipes of runners/backends/recipes.py applied at load; there are 3, cycled to
+make 8, each its own job with its own name. `sweep` as above (no `uncached` side: it would add a
+baseline generation per job); `raw` is the plain script of benchmarks/llm_overhead.py for N + 1
+models, loaded one at a time: chat template, batched greedy `generate` with the KV cache at the
+same budgets and batches, outputs decoded. Both sides are warmed up once, cheaply (every recipe at
+two new tokens), not by a full run each; tokens_raw and tokens_sweep count what each side generated.
+
 One-shot validate: `revalidator validate --json` in a fresh process on the embedded default
 (targets.yaml over the demo artifacts, models whose artifacts are absent left out), its wall
 time minus the sum of its jobs' own times (they run one at a time on the one local target).
 
-Usage: python benchmarks/sweep_cost.py [--rounds N] [--validate-runs N]
-Last line: {"metric": ..., "value": ..., "target": ..., "ok": ...}
+Usage: python benchmarks/sweep_cost.py [--rounds N] [--validate-runs N] [--validate-only | --llm-only]
+       [--llm] [--llm-rounds N] [--llm-prompts N] [--llm-max-new-tokens N] [--demo DIR]
+Last line: {"metric": ..., "value": ..., "target": ..., "llm_value": ..., "ok": ...}: "ok" when every part
+that ran met its target (the classifier and the LLM at N = 8, the kept-Ray validate's fixed cost).
 """
 
 from __future__ import annotations
@@ -219,13 +231,16 @@ def llm_raw(folder: Path, recipes: list[str | None], prompts: Path, max_new: int
 def measure_llm(demo: Path, per_category: int, max_new: int, rounds: int, work: Path, cache: Path) -> list[dict]:
     """The LLM case, N = 1, 4, 8: `raw` (the N + 1 models' plain script) against `sweep` (run_job
     of each candidate from a cold baseline cache), after one cheap warm-up of both sides (every
-    recipe at one new token: imports, first kernels, the page cache) instead of a full one each."""
+    recipe at two new tokens: imports, first kernels, the page cache) instead of a full one each."""
     import logging
     import warnings
+
+    from transformers.utils import logging as transformers_logging
 
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     logging.disable(logging.WARNING)
     warnings.simplefilter("ignore")
+    transformers_logging.disable_progress_bar()  # the raw side's loads, as the harness quiets its own
     if not (demo / "smollm2-fp32").is_dir():
         from examples import smollm2
 
@@ -233,8 +248,8 @@ def measure_llm(demo: Path, per_category: int, max_new: int, rounds: int, work: 
     folder = demo / "smollm2-fp32"
     prompts = llm_prompts(demo, per_category, work / "llm-prompts.jsonl")
     tiny = llm_prompts(demo, 1, work / "llm-warmup.jsonl")
-    llm_raw(folder, [None, *llm_recipes(len(LLM_DECLARED))], tiny, 1)
-    sweep(llm_specs(folder, tiny, 1, 1, 1), cache)
+    llm_raw(folder, [None, *llm_recipes(len(LLM_DECLARED))], tiny, 2)  # 2: one decoding step on the KV cache
+    sweep(llm_specs(folder, tiny, 2, 1, 1), cache)
     count = sum(1 for line in prompts.read_text().splitlines() if line.strip())
     out = []
     for n in SIZES:
