@@ -50,6 +50,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.sides import paired_ratio, time_sides  # noqa: E402
 from runners import hashing  # noqa: E402
+from runners.backends.recipes import RECIPES  # noqa: E402  (names only: torch is imported on use)
 from runners.baseline_cache import DIRECTORY_ENV  # noqa: E402
 from runners.contracts import ArtifactSpec, CheckSpec, JobSpec, SuiteSpec  # noqa: E402
 from runners.harness import run_job  # noqa: E402
@@ -160,22 +161,17 @@ LLM_DECLARED = {"torchao-int8-weight-only": {"method": "weight-only-per-channel"
                 "torch-dynamic-int8": {"method": "dynamic-per-tensor", "weight_bits": 8, "activation_bits": 8}}
 
 
-def llm_prompts(demo: Path, per_category: int, out: Path) -> Path:
-    """The first `per_category` prompts of each category of the demo's chat suite, in file order."""
+def llm_prompts(demo: Path, per_category: int, out: Path) -> tuple[Path, int, int]:
+    """The first `per_category` prompts of each category of the demo's chat suite, in file order;
+    how many, and how many the smallest category kept (the suite's slice size floor)."""
     rows = [json.loads(line) for line in (demo / "smollm2-prompts.jsonl").read_text().splitlines() if line.strip()]
-    seen: dict[str, int] = {}
-    kept = []
-    for row in rows:
-        seen[row["category"]] = seen.get(row["category"], 0) + 1
-        if seen[row["category"]] <= per_category:
-            kept.append(row)
+    categories = [row["category"] for row in rows]
+    kept = [row for i, row in enumerate(rows) if categories[:i].count(row["category"]) < per_category]
     out.write_text("".join(json.dumps(row) + "\n" for row in kept))
-    return out
+    return out, len(kept), min(min(categories.count(c), per_category) for c in categories)
 
 
 def llm_recipes(n: int) -> list[str]:
-    from runners.backends.recipes import RECIPES
-
     return [list(RECIPES)[i % len(RECIPES)] for i in range(n)]
 
 
@@ -241,19 +237,18 @@ def measure_llm(demo: Path, per_category: int, max_new: int, rounds: int, work: 
     logging.disable(logging.WARNING)
     warnings.simplefilter("ignore")
     transformers_logging.disable_progress_bar()  # the raw side's loads, as the harness quiets its own
-    if not (demo / "smollm2-fp32").is_dir():
+    if not (demo / "smollm2-fp32").is_dir() or not (demo / "smollm2-prompts.jsonl").is_file():
         from examples import smollm2
 
         smollm2.build(demo)
     folder = demo / "smollm2-fp32"
-    prompts = llm_prompts(demo, per_category, work / "llm-prompts.jsonl")
-    tiny = llm_prompts(demo, 1, work / "llm-warmup.jsonl")
-    llm_raw(folder, [None, *llm_recipes(len(LLM_DECLARED))], tiny, 2)  # 2: one decoding step on the KV cache
+    prompts, count, min_slice = llm_prompts(demo, per_category, work / "llm-prompts.jsonl")
+    tiny = llm_prompts(demo, 1, work / "llm-warmup.jsonl")[0]
+    llm_raw(folder, [None, *RECIPES], tiny, 2)  # 2: one decoding step on the KV cache
     sweep(llm_specs(folder, tiny, 2, 1, 1), cache)
-    count = sum(1 for line in prompts.read_text().splitlines() if line.strip())
     out = []
     for n in SIZES:
-        specs, recipes = llm_specs(folder, prompts, max_new, per_category, n), llm_recipes(n)
+        specs, recipes = llm_specs(folder, prompts, max_new, min_slice, n), llm_recipes(n)
         last: dict[str, object] = {}
         times = time_sides({"raw": lambda: last.update(raw=llm_raw(folder, [None, *recipes], prompts, max_new)),
                             "sweep": lambda: last.update(sweep=sweep(specs, cache))}, rounds, warmup=False)
