@@ -149,8 +149,8 @@ def measure(name: str, base: Path, data: Path, slices: tuple[str, ...], cands: l
 # eight candidates (runners/backends/recipes.py has three), each its own job with its own name.
 LLM_CASE = "smollm2-135m-recipes"
 LLM_BATCH = 8  # the transformers runner's default generation batch
-# Sized for about 5 minutes per round of N = 1, 4, 8 on 2 quiet cores: 8 prompts, two batches
-# (16 and 48 new tokens) per model pass.
+# Sized for about 5 minutes per round of N = 1, 4, 8 on 2 quiet cores (estimated from llm_overhead's
+# tokens/s, not measured): 8 prompts, two batches (16 and 48 new tokens) per model pass.
 LLM_PER_CATEGORY, LLM_MAX_NEW = 2, 48
 # llm-chat's checks in targets.yaml, and the recipes' declarations as its smollm2 candidates make them.
 LLM_CHECKS = (CheckSpec("max_refusal_rate_delta", 0.25), CheckSpec("max_format_drop", 0.2),
