@@ -150,7 +150,8 @@ class RayDispatcher:
         for spec in jobs:
             if spec.target in targets:
                 tasks.setdefault(spec.target, []).append(spec.suite.task)
-        available = available_nodes(self._ray)
+        # Only pinned targets need the cluster's state (two GCS calls): "local" is wherever Ray runs.
+        available = available_nodes(self._ray) if any(targets[t].where != "local" for t in tasks) else ({}, [])
         plan = {t: (tuple(sorted(set(v))), min(len(v), targets[t].max_concurrent_jobs, _MAX_WARM_WORKERS))
                 for t, v in tasks.items() if placeable(targets[t].where, available)}
 
