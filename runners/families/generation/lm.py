@@ -1,7 +1,8 @@
 """Generative suites on causal LLMs (the transformers runner): both models generate greedily on
-the same chat prompts with a KV cache, then both are scored teacher-forced on the baseline's
-output, so the per-step KL and top-1 agreement compare identical contexts at every position
-without keeping full-vocabulary logits for every step."""
+the same chat prompts with a KV cache, then the candidate is scored teacher-forced on the
+baseline's output against the baseline's distribution as its generation recorded it, so the
+per-step KL and top-1 agreement compare identical contexts at every position without keeping
+full-vocabulary logits for every step."""
 
 from __future__ import annotations
 
