@@ -1,12 +1,13 @@
 """LLM harness overhead: a real LLM job through the harness (baseline and candidate generation,
-teacher-forced scoring of both, every behaviour check on every slice) against plain
+the candidate teacher-forced on the baseline's output, every check on every slice) against plain
 `model.generate` of both models on the same prompts with the same token budgets, side by side.
 
 Model: the demo's SmolLM2-135M-Instruct (float32 baseline) and its torchao int8 weight-only
 candidate, on the demo's chat suite. `plain` is the script a user would write: torch and
 transformers imported, both models loaded, prompts through the chat template, batched greedy
 generation with the KV cache, outputs decoded; all of it timed, as the harness side times its
-whole job (imports, stack probe, hashing, loading, generation, scoring, checks). Each side runs in a fresh process (nothing cached between rounds), rounds
+whole job (imports, stack probe, hashing, loading, generation, scoring, checks). Each side runs
+in a fresh process with the baseline cache off (nothing reused between rounds or runs), rounds
 alternate the order; `ratio` is the median over rounds of harness / plain; `memory_ratio` the
 ratio of peak resident memory (ru_maxrss) of the two processes.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -49,7 +51,7 @@ def plain(demo: Path, max_new: int) -> dict:
     from runners.backends.recipes import apply_recipe
     from runners.backends.transformers_lm import _batches
 
-    torch.set_num_threads(len(__import__("os").sched_getaffinity(0)))
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
     folder = str(demo / "smollm2-fp32")
     texts, caps = _prompts(demo, max_new)
     tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -97,8 +99,11 @@ def harness(demo: Path, max_new: int) -> dict:
 
 def _side(name: str, demo: Path, max_new: int) -> dict:
     """One side in a fresh process: its time, tokens and peak memory."""
+    # No baseline outputs from the node's cache (runners/baseline_cache.py): a reuse would skip the
+    # baseline's generation that the plain side pays for.
+    env = {**os.environ, "REVALIDATOR_BASELINE_CACHE": "off"}
     done = subprocess.run([sys.executable, __file__, "--side", name, "--demo", str(demo),
-                           "--max-new-tokens", str(max_new)], capture_output=True, text=True, cwd=REPO)
+                           "--max-new-tokens", str(max_new)], capture_output=True, text=True, cwd=REPO, env=env)
     if done.returncode != 0:
         raise SystemExit(f"side {name} failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -114,7 +119,6 @@ def main() -> int:
     demo = Path(args.demo)
     if args.side:
         import logging
-        import os
         import warnings
 
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

@@ -10,6 +10,7 @@ applied at load, runners/backends/recipes.py). torch and transformers are import
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -77,11 +78,14 @@ def _source(path: Path) -> tuple[str, dict[str, Any]]:
 
 
 class CausalLM:
-    """One loaded model (and its tokenizer); use as a context manager to release it."""
+    """One loaded model (and its tokenizer); use as a context manager to release it. A
+    `tokenizer` given is used instead of loading the folder's own (a recipe candidate is the
+    baseline's own folder: one tokenizer for both)."""
 
-    def __init__(self, path: str | Path, options: dict[str, Any]) -> None:
+    def __init__(self, path: str | Path, options: dict[str, Any], tokenizer: Any = None) -> None:
         self.path = Path(path)
         self.options = dict(options)
+        self.given_tokenizer = tokenizer
         dtype = self.options.get("dtype", "float32")
         if dtype not in DTYPES:
             raise ArtifactError(f"transformers dtype {dtype!r} is not one of {', '.join(DTYPES)}")
@@ -103,7 +107,7 @@ class CausalLM:
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise BackendUnavailable(f"{self.path}: device {self.device} requested, but torch sees no CUDA device")
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(source, **extra)
+            self.tokenizer = self.given_tokenizer or AutoTokenizer.from_pretrained(source, **extra)
             model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, self.dtype_name), **extra)
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             raise ArtifactError(f"{self.path}: transformers cannot load the model ({exc})") from exc
@@ -190,48 +194,117 @@ class CausalLM:
     def forced_log_probs(self, prompt: list[int], continuation: np.ndarray) -> Any:
         """log p(next token) at every position of `continuation` given the prompt and the
         continuation so far: one forward pass, logits kept only for those positions."""
+        return self.forced_block([prompt], [continuation])
+
+    def forced_block(self, prompts: list[list[int]], continuations: list[np.ndarray]) -> Any:
+        """`forced_log_probs` of several prompts in one forward pass: rows right-padded (causal
+        attention: a real position never sees the padding after it) with an attention mask, and
+        logits computed only at the positions that predict a continuation token, rows after rows
+        ((sum of continuation lengths, vocabulary) log-probabilities, normalised in place)."""
         import torch
 
-        ids = torch.tensor([list(prompt) + continuation.tolist()], dtype=torch.long, device=self.device)
+        width = max(len(p) + len(c) for p, c in zip(prompts, continuations))
+        ids = torch.full((len(prompts), width), self.eos_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        keep = torch.zeros((len(prompts), width), dtype=torch.bool)
+        for i, (prompt, continuation) in enumerate(zip(prompts, continuations)):
+            row = list(prompt) + continuation.tolist()
+            ids[i, :len(row)] = torch.tensor(row)
+            mask[i, :len(row)] = 1
+            keep[i, len(prompt) - 1:len(row) - 1] = True  # the position before each continuation token
         with torch.inference_mode():
-            logits = self.model(input_ids=ids, logits_to_keep=len(continuation) + 1).logits[0, :-1].float()
-            # In place: one prompt's positions x vocabulary is the largest tensor a job keeps.
-            return logits.sub_(torch.logsumexp(logits, dim=-1, keepdim=True))
+            logits = None
+            if len(prompts) > 1 and _keeps_masked_positions():
+                logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                    logits_to_keep=keep.to(self.device), use_cache=False).logits
+                if tuple(logits.shape[:-1]) != (int(keep.sum()),):  # a model that slices its own way
+                    logits = None
+            if logits is None:  # one row at a time, the last positions of each
+                parts = []
+                for i in range(len(prompts)):
+                    n = int(keep[i].sum())
+                    out = self.model(input_ids=ids[i:i + 1, :int(mask[i].sum())].to(self.device),
+                                     logits_to_keep=n + 1, use_cache=False).logits
+                    parts.append(out[0, :n])
+                logits = parts[0] if len(parts) == 1 else torch.cat(parts)
+            logits = logits.float()
+            for start in range(0, logits.shape[0], 64):  # in place, in chunks: no second block of this size
+                part = logits[start:start + 64]
+                part.sub_(torch.logsumexp(part, dim=-1, keepdim=True))
+        return logits
 
 
-def compare_forced(baseline: CausalLM, candidate: CausalLM, prompts: list[list[int]],
-                   continuations: Continuations) -> ForcedComparison:
-    """The candidate scored teacher-forced on the baseline's own continuation, prompt by prompt
-    (one prompt's positions x vocabulary alive at a time), against the baseline's distribution
-    at the same positions: as its generation recorded it (top-K and the rest: the KL between the
-    two distributions over those K tokens and "any other", never above the full KL and equal to it
-    when the rest is empty; top-1 is the baseline's greedy token itself), or else from a
-    teacher-forced pass of the baseline too (full vocabulary)."""
+@functools.cache
+def _keeps_masked_positions() -> bool:
+    """Whether this transformers computes logits only at the positions of a boolean mask (a 2D
+    boolean `logits_to_keep`, rows flattened one after another): tried on a small tensor."""
     import torch
 
-    kl, top1 = [], []
-    offset = 0
-    recorded = continuations.top_ids is not None
-    for prompt, tokens, length in zip(prompts, continuations.tokens, continuations.lengths):
-        continuation = tokens[:length]
-        if not len(continuation):
-            kl.append(np.zeros(0))
-            top1.append(np.zeros(0, bool))
+    try:
+        from transformers.modeling_utils import slice_logits_to_keep
+
+        kept = slice_logits_to_keep(torch.zeros(1, 3, 2), torch.tensor([[True, False, True]]))
+    except (ImportError, IndexError, RuntimeError, TypeError):
+        return False
+    return tuple(kept.shape) == (2, 2)
+
+
+# The forced pass runs prompts together up to this many kept positions (each a row of the
+# vocabulary's log-probabilities: 49k floats, 200 KB for SmolLM2): a few hundred MB at most.
+FORCED_POSITIONS = 512
+FORCED_ROWS = 16
+
+
+def _forced_groups(lengths: np.ndarray, positions: int, max_rows: int) -> list[list[int]]:
+    """Consecutive prompts with a continuation, grouped for one forward pass each: at most
+    `max_rows` rows and `positions` kept positions (a longer continuation alone)."""
+    groups: list[list[int]] = []
+    current: list[int] = []
+    kept = 0
+    for r, length in enumerate(lengths):
+        if not length:
             continue
-        cand = candidate.forced_log_probs(prompt, continuation)
+        if current and (len(current) == max_rows or kept + int(length) > positions):
+            groups.append(current)
+            current, kept = [], 0
+        current.append(r)
+        kept += int(length)
+    return groups + ([current] if current else [])
+
+
+def compare_forced(baseline: CausalLM, candidate: CausalLM, prompts: list[list[int]], continuations: Continuations,
+                   positions: int = FORCED_POSITIONS, max_rows: int = FORCED_ROWS) -> ForcedComparison:
+    """The candidate scored teacher-forced on the baseline's own continuation, a group of
+    consecutive prompts per forward pass (_forced_groups: its positions x vocabulary alive at a
+    time), against the baseline's distribution at the same positions: as its generation recorded
+    it (top-K and the rest: the KL between the two distributions over those K tokens and "any
+    other", never above the full KL and equal to it when the rest is empty; top-1 is the
+    baseline's greedy token itself), or else from a teacher-forced pass of the baseline too (full
+    vocabulary)."""
+    import torch
+
+    lengths = continuations.lengths
+    kl: list[np.ndarray] = [np.zeros(0) for _ in prompts]
+    top1: list[np.ndarray] = [np.zeros(0, bool) for _ in prompts]
+    starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)  # rows of the recorded steps
+    recorded = continuations.top_ids is not None
+    for rows in _forced_groups(lengths, positions, max_rows):
+        conts = [continuations.tokens[r, :lengths[r]] for r in rows]
+        tokens = np.concatenate(conts)
+        cand = candidate.forced_block([prompts[r] for r in rows], conts)
         if recorded:
-            span = slice(offset, offset + int(length))
-            step_kl = _kl_over_recorded(continuations, span, cand)
-            step_top1 = cand.argmax(dim=-1).cpu().numpy() == continuation
+            step_kl = _kl_over_recorded(continuations, slice(int(starts[rows[0]]), int(starts[rows[-1] + 1])), cand)
+            step_top1 = cand.argmax(dim=-1).cpu().numpy() == tokens
         else:
-            base = baseline.forced_log_probs(prompt, continuation).to(cand.device)
-            step_kl = (base.exp() * (base - cand)).sum(dim=-1).clamp_min(0).cpu().numpy()
+            base = baseline.forced_block([prompts[r] for r in rows], conts).to(cand.device)
+            step_kl = np.concatenate([(b.exp() * (b - c)).sum(dim=-1).clamp_min(0).cpu().numpy()
+                                      for b, c in zip(base.split(64), cand.split(64))])
             step_top1 = (cand.argmax(dim=-1) == base.argmax(dim=-1)).cpu().numpy()
             del base
-        kl.append(step_kl.astype(np.float64))
-        top1.append(step_top1)
-        offset += int(length)
         del cand
+        bounds = np.cumsum([len(c) for c in conts])[:-1]
+        for r, k, t in zip(rows, np.split(step_kl.astype(np.float64), bounds), np.split(step_top1, bounds)):
+            kl[r], top1[r] = k, t
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     how = (f"its generation's top {continuations.top_ids.shape[1]} log-probabilities and the rest" if recorded

@@ -251,3 +251,30 @@ def test_top_logprobs_of_the_same_model_give_zero_kl_and_full_top1_agreement(smo
     assert len(forced.kl[0]) == len(continuation) > 2
     assert forced.kl[0].max() < 1e-5 and forced.top1[0].all()
     assert method["prompts_without_token_ids"] == 0 and "lower bound" in method["method"]
+
+
+def test_a_local_job_reusing_the_endpoint_jobs_baseline_judges_exactly_as_a_fresh_one(
+        against_baseline, smollm2: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The endpoint job's local baseline, cached with its recorded top-K: a local candidate's job
+    that reuses it needs no teacher-forced pass of the baseline, and judges as if it had made it."""
+    folder = Path(against_baseline.provenance["suite"]["data"]).parent
+    recipe = "torchao-int8-weight-only"
+    path = str(smollm2 / "smollm2-fp32")
+
+    def local(job_id: str) -> JobSpec:
+        return JobSpec(job_id, "local", "smollm2", recipe, ArtifactSpec(path, "transformers"),
+                       ArtifactSpec(path, "transformers", {"method": "recipe", "weight_bits": 8, "recipe": recipe}),
+                       suite(folder), runner_options={"transformers": {"batch_size": 4}})
+
+    reused = run_job(local("job-local-reuse"))
+    assert reused.status == "finished", reused.error
+    assert reused.provenance["baseline_outputs"]["generated_by_job"] == "job-served"
+    assert reused.provenance["step_comparison"]["baseline"].startswith("its generation's top 256")
+    monkeypatch.setenv("REVALIDATOR_BASELINE_CACHE", "off")
+    fresh = run_job(local("job-local-fresh"))
+    assert fresh.status == "finished", fresh.error
+
+    def judged(result) -> list:
+        return [(c.check, c.dimension, c.value, c.n, c.baseline, c.candidate, c.verdict) for c in result.checks]
+    assert judged(reused) == judged(fresh)
+    assert any(c.check == "max_mean_step_kl" and c.n > 0 for c in fresh.checks)  # something was measured

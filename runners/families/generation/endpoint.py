@@ -117,24 +117,23 @@ def _local_generate(spec: JobSpec, side: _Side, ids: list[list[int]], caps: list
     the cache's provenance record for a baseline."""
     from runners.backends.transformers_lm import Continuations
     from runners.baseline_cache import BaselineCache, baseline_key
-    from runners.families.generation.lm import _texts
+    from runners.families.generation.lm import RECORD_TOP, _arrays, _texts
 
     batch = int(spec.runner_options.get("transformers", {}).get("batch_size") or 8)
     record = None
     if side.role == "baseline":
         key = baseline_key("lm_generation", spec, provenance, _local_options(spec, {}), batch, settings)
         made = side.local.generate
-        arrays, record = BaselineCache.from_env().fetch(key, spec.job_id, lambda: _arrays(made(ids, caps, batch)))
+        # With its recorded top-K, as the transformers family keeps it under the same key: a local
+        # candidate's job that reuses this entry needs no teacher-forced pass of the baseline.
+        arrays, record = BaselineCache.from_env().fetch(
+            key, spec.job_id, lambda: _arrays(made(ids, caps, batch, record_top=RECORD_TOP)))
         side.generated = Continuations(arrays["tokens"], arrays["lengths"])
     else:
         side.generated = side.local.generate(ids, caps, batch)
     made_ = Generation(tokens=side.generated.tokens, lengths=side.generated.lengths, logits=None)
     side.texts = _texts(side.local, made_, settings.stop)
     return record
-
-
-def _arrays(made: Any) -> dict[str, Any]:
-    return {"tokens": made.tokens, "lengths": made.lengths}
 
 
 def _local_pieces(side: _Side, vocabulary: _Vocabulary, row: int) -> list[str]:

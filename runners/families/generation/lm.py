@@ -1,10 +1,12 @@
 """Generative suites on causal LLMs (the transformers runner): both models generate greedily on
-the same chat prompts with a KV cache, then both are scored teacher-forced on the baseline's
-output, so the per-step KL and top-1 agreement compare identical contexts at every position
-without keeping full-vocabulary logits for every step."""
+the same chat prompts with a KV cache, then the candidate is scored teacher-forced on the
+baseline's output against the baseline's distribution as its generation recorded it, so the
+per-step KL and top-1 agreement compare identical contexts at every position without keeping
+full-vocabulary logits for every step."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from runners.backends.base import ArtifactError
@@ -61,10 +63,13 @@ def run_lm_generation(spec: JobSpec, settings: GenerationSettings,
     prompts = load_prompts(spec.suite.data, spec.suite.slices)
     texts = [p.text for p in prompts.prompts]
     batch = int(spec.runner_options.get(RUNNER, {}).get("batch_size") or 8)
+    # A recipe candidate is the baseline's own folder: its tokenizer is the baseline's, loaded once.
+    same_files = Path(spec.candidate_artifact.path).resolve() == Path(spec.baseline.path).resolve()
     with CausalLM(spec.baseline.path, _options(spec, {})) as base, \
-            CausalLM(spec.candidate_artifact.path, _options(spec, spec.candidate_artifact.quantization)) as cand:
+            CausalLM(spec.candidate_artifact.path, _options(spec, spec.candidate_artifact.quantization),
+                     base.tokenizer if same_files else None) as cand:
         ids = base.encode_prompts(texts, settings.chat_template, settings.system_prompt)
-        if cand.encode_prompts(texts, settings.chat_template, settings.system_prompt) != ids:
+        if not same_files and cand.encode_prompts(texts, settings.chat_template, settings.system_prompt) != ids:
             raise ArtifactError(f"{spec.candidate_artifact.path}: its tokenizer or chat template encodes the prompts "
                                 f"differently from the baseline's: the outputs would not be comparable")
         caps = prompts.caps(settings.max_new_tokens)
