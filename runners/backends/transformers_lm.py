@@ -80,17 +80,20 @@ def _source(path: Path) -> tuple[str, dict[str, Any]]:
 class CausalLM:
     """One loaded model (and its tokenizer); use as a context manager to release it. A
     `tokenizer` given is used instead of loading the folder's own (a recipe candidate is the
-    baseline's own folder: one tokenizer for both)."""
+    baseline's own folder: one tokenizer for both). With `lazy`, the weights load when first
+    used: a baseline whose outputs come from the cache is only ever asked to decode."""
 
-    def __init__(self, path: str | Path, options: dict[str, Any], tokenizer: Any = None) -> None:
+    def __init__(self, path: str | Path, options: dict[str, Any], tokenizer: Any = None, lazy: bool = False) -> None:
         self.path = Path(path)
         self.options = dict(options)
         self.given_tokenizer = tokenizer
+        self.lazy = lazy
         dtype = self.options.get("dtype", "float32")
         if dtype not in DTYPES:
             raise ArtifactError(f"transformers dtype {dtype!r} is not one of {', '.join(DTYPES)}")
         self.dtype_name = dtype
-        self.model: Any = None
+        self._model: Any = None
+        self._eos: int | None = None
         self.tokenizer: Any = None
 
     def __enter__(self) -> "CausalLM":
@@ -108,18 +111,47 @@ class CausalLM:
             raise BackendUnavailable(f"{self.path}: device {self.device} requested, but torch sees no CUDA device")
         try:
             self.tokenizer = self.given_tokenizer or AutoTokenizer.from_pretrained(source, **extra)
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            raise ArtifactError(f"{self.path}: transformers cannot load the tokenizer ({exc})") from exc
+        self._source = (source, extra)
+        if not self.lazy:
+            self._load()
+        return self
+
+    def _load(self) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        source, extra = self._source
+        try:
             model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, self.dtype_name), **extra)
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             raise ArtifactError(f"{self.path}: transformers cannot load the model ({exc})") from exc
         model = model.to(self.device).eval()
         if self.options.get("recipe"):
             model = apply_recipe(self.options["recipe"], model)
-        self.model = model
-        self.eos_id = self._eos_id()
-        return self
+        self._model = model
+        self._eos = self._eos_id()
+
+    @property
+    def model(self) -> Any:
+        if self._model is None:
+            self._load()
+        return self._model
+
+    @property
+    def eos_id(self) -> int:
+        if self._eos is None:
+            self._load()
+        return self._eos  # type: ignore[return-value]
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the weights were loaded (with `lazy`, only once something needed them)."""
+        return self._model is not None
 
     def __exit__(self, *exc: object) -> None:
-        self.model = self.tokenizer = None
+        self._model = self.tokenizer = None
 
     def _eos_id(self) -> int:
         eos = self.model.generation_config.eos_token_id

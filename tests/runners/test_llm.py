@@ -89,6 +89,9 @@ def test_the_baseline_generates_once_per_sweep_and_the_reuse_is_named(results: d
     assert made["generated_by_job"] == "job-torchao-int8-weight-only" and made["reused"] is False
     assert reused["generated_by_job"] == "job-torchao-int8-weight-only" and reused["reused"] is True
     assert reused["key"] == made["key"] and len(made["key"]) == 64
+    # a candidate reusing the baseline's outputs never loads the baseline's weights (only its tokenizer)
+    assert first.provenance["step_comparison"]["baseline_model_loaded"] is True
+    assert later.provenance["step_comparison"]["baseline_model_loaded"] is False
 
 
 def test_changed_prompts_never_reuse_stale_baseline_outputs(smollm2: Path, results: dict) -> None:

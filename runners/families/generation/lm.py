@@ -65,7 +65,8 @@ def run_lm_generation(spec: JobSpec, settings: GenerationSettings,
     batch = int(spec.runner_options.get(RUNNER, {}).get("batch_size") or 8)
     # A recipe candidate is the baseline's own folder: its tokenizer is the baseline's, loaded once.
     same_files = Path(spec.candidate_artifact.path).resolve() == Path(spec.baseline.path).resolve()
-    with CausalLM(spec.baseline.path, _options(spec, {})) as base, \
+    # The baseline's weights load only if its outputs are not in the cache (lazy).
+    with CausalLM(spec.baseline.path, _options(spec, {}), lazy=True) as base, \
             CausalLM(spec.candidate_artifact.path, _options(spec, spec.candidate_artifact.quantization),
                      base.tokenizer if same_files else None) as cand:
         ids = base.encode_prompts(texts, settings.chat_template, settings.system_prompt)
@@ -83,6 +84,7 @@ def run_lm_generation(spec: JobSpec, settings: GenerationSettings,
         forced = compare_forced(base, cand, ids, made[0])
         generations = [Generation(tokens=m.tokens, lengths=m.lengths, logits=None) for m in made]
         outputs = [_texts(base, g, settings.stop) for g in generations]
+        baseline_loaded = base.loaded
     pair = drift(*generations, settings.curve_positions, ForcedSteps(forced.kl, forced.top1))
     checks, curves = judge_texts(outputs, pair, prompts, spec.suite, settings)
     curves["samples"] = [{"prompt": t[:200], "baseline": b[:400], "candidate": c[:400]}
@@ -91,7 +93,8 @@ def run_lm_generation(spec: JobSpec, settings: GenerationSettings,
                              "generated_tokens": [int(g.lengths.sum()) for g in generations],
                              "baseline_outputs": source, "quantization": quantization,
                              "step_comparison": {"candidate": "teacher-forced on the baseline's output",
-                                                 "baseline": forced.baseline_from}}
+                                                 "baseline": forced.baseline_from,
+                                                 "baseline_model_loaded": baseline_loaded}}
     extra["_rows"] = rowoutputs.generation(generations[0].tokens, generations[0].lengths, generations[1].tokens,
                                            generations[1].lengths, {d: prompts.column(d) for d in spec.suite.slices})
     if spec.candidate_artifact.quantization.get("recipe"):
