@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -66,6 +67,10 @@ def convert(wheel: Path, folder: Path) -> Path:
     if stamp.is_file() and json.loads(stamp.read_text()).get("wheel_sha256") == WHEEL_SHA256:
         return folder
     import torch
+
+    # torchao, imported by transformers, warns through torch's pytree logger about its enum
+    # registrations: noise on a one-time build.
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as transformers_logging
 
