@@ -49,7 +49,6 @@ def plain(demo: Path, max_new: int) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from runners.backends.recipes import apply_recipe
-    from runners.backends.transformers_lm import _batches
 
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     folder = str(demo / "smollm2-fp32")
@@ -58,21 +57,37 @@ def plain(demo: Path, max_new: int) -> dict:
     tokenizer.padding_side = "left"
     models = [AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()]
     models.append(apply_recipe(RECIPE, AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()))
-    rendered = [tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False,
-                                              add_generation_prompt=True) for t in texts]
-    tokens = 0
-    for model in models:
-        for rows in _batches(caps, BATCH):
-            batch = tokenizer([rendered[r] for r in rows], return_tensors="pt", padding=True, add_special_tokens=False)
-            with torch.inference_mode():
-                out = model.generate(**batch, max_new_tokens=max(caps[r] for r in rows), do_sample=False,
-                                     temperature=None, top_p=None, top_k=None, pad_token_id=tokenizer.eos_token_id)
-            new = out[:, batch["input_ids"].shape[1]:]
-            for row, r in zip(new.tolist(), rows):  # up to and including the end of sequence, as the harness counts
-                row = row[:caps[r]]
-                tokens += row.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in row else len(row)
-            tokenizer.batch_decode(new, skip_special_tokens=True)
+    rendered = chat_rendered(tokenizer, texts)
+    tokens = sum(plain_generate(model, tokenizer, rendered, caps, BATCH) for model in models)
     return {"seconds": time.perf_counter() - started, "tokens": tokens}
+
+
+def chat_rendered(tokenizer, texts: list[str]) -> list[str]:
+    """Each prompt through the model's chat template, as a user turn."""
+    return [tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False,
+                                          add_generation_prompt=True) for t in texts]
+
+
+def plain_generate(model, tokenizer, rendered: list[str], caps: list[int], batch_size: int) -> int:
+    """A plain script's generation: left-padded batches of prompts with one token budget each,
+    greedy `generate` with the KV cache, outputs decoded. Returns the tokens generated, counted as
+    the harness counts them (up to and including the end of sequence). Shared with sweep_cost.py."""
+    import torch
+
+    from runners.backends.transformers_lm import _batches
+
+    tokens = 0
+    for rows in _batches(caps, batch_size):
+        batch = tokenizer([rendered[r] for r in rows], return_tensors="pt", padding=True, add_special_tokens=False)
+        with torch.inference_mode():
+            out = model.generate(**batch, max_new_tokens=max(caps[r] for r in rows), do_sample=False,
+                                 temperature=None, top_p=None, top_k=None, pad_token_id=tokenizer.eos_token_id)
+        new = out[:, batch["input_ids"].shape[1]:]
+        for row, r in zip(new.tolist(), rows):
+            row = row[:caps[r]]
+            tokens += row.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in row else len(row)
+        tokenizer.batch_decode(new, skip_special_tokens=True)
+    return tokens
 
 
 def harness(demo: Path, max_new: int) -> dict:

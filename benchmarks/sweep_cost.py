@@ -195,8 +195,8 @@ def llm_raw(folder: Path, recipes: list[str | None], prompts: Path, max_new: int
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from benchmarks.llm_overhead import chat_rendered, plain_generate
     from runners.backends.recipes import apply_recipe
-    from runners.backends.transformers_lm import _batches
     from runners.families.generation.prompts import load_prompts
 
     torch.set_num_threads(len(os.sched_getaffinity(0)))  # as the harness does
@@ -204,22 +204,12 @@ def llm_raw(folder: Path, recipes: list[str | None], prompts: Path, max_new: int
     texts, caps = [p.text for p in loaded.prompts], loaded.caps(max_new)
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     tokenizer.padding_side = "left"
-    rendered = [tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False,
-                                              add_generation_prompt=True) for t in texts]
+    rendered = chat_rendered(tokenizer, texts)
     tokens = 0
     for recipe in recipes:
         model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
         model = apply_recipe(recipe, model) if recipe else model
-        for rows in _batches(caps, LLM_BATCH):
-            batch = tokenizer([rendered[r] for r in rows], return_tensors="pt", padding=True, add_special_tokens=False)
-            with torch.inference_mode():
-                out = model.generate(**batch, max_new_tokens=max(caps[r] for r in rows), do_sample=False,
-                                     temperature=None, top_p=None, top_k=None, pad_token_id=tokenizer.eos_token_id)
-            new = out[:, batch["input_ids"].shape[1]:]
-            for row, r in zip(new.tolist(), rows):
-                row = row[:caps[r]]
-                tokens += row.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in row else len(row)
-            tokenizer.batch_decode(new, skip_special_tokens=True)
+        tokens += plain_generate(model, tokenizer, rendered, caps, LLM_BATCH)
         del model
     return tokens
 
