@@ -67,6 +67,12 @@ def write_config(tmp_path: Path, demo_dir: Path, keep_seconds: float) -> Path:
     return tmp_path / "targets.yaml"
 
 
+def warmed(config: Path) -> list[int]:
+    """The pids of the workers warmed so far (scheduler/warmup.py), from the one-shot log beside the config."""
+    lines = (config.parent / ".revalidator" / "validate.log").read_text().splitlines()
+    return [int(line.rsplit("pid=", 1)[1].split()[0]) for line in lines if "worker warmed" in line]
+
+
 def worker_pids(doc: dict) -> set[int]:
     return {r["provenance"]["loaded"]["pid"] for r in doc["runs"]}
 
@@ -87,10 +93,8 @@ def test_one_shot_commands_share_a_kept_local_ray(tmp_path: Path, demo_dir: Path
                [(r["candidate"], r["verdict"]) for r in first["runs"]]
         assert worker_pids(second).isdisjoint(worker_pids(first))
         # the first job ran in the worker warmed while the command planned (scheduler/warmup.py)
-        warmed = [line for line in (config.parent / ".revalidator" / "validate.log").read_text().splitlines()
-                  if "worker warmed" in line]
         # one per command (its target runs one job at a time), and every job ran in its command's warmed worker
-        warmed_pids = [int(line.rsplit("pid=", 1)[1].split()[0]) for line in warmed]
+        warmed_pids = warmed(config)
         assert len(warmed_pids) == 2 and [worker_pids(first), worker_pids(second)] == [{pid} for pid in warmed_pids]
 
         # workers inherit the environment of the command that started their Ray: another one gets its own
@@ -99,10 +103,8 @@ def test_one_shot_commands_share_a_kept_local_ray(tmp_path: Path, demo_dir: Path
         assert other["ray_origin"] == "shared, started"
         assert len(live(instances)) == 2
         # a target that runs two jobs at once gets two warm-ups, and its jobs ran in their workers
-        warmed = [line for line in (config.parent / ".revalidator" / "validate.log").read_text().splitlines()
-                  if "worker warmed" in line][2:]
-        assert len(warmed) == 2
-        assert worker_pids(other) <= {int(line.rsplit("pid=", 1)[1].split()[0]) for line in warmed}
+        assert len(warmed(config)[2:]) == 2
+        assert worker_pids(other) <= set(warmed(config)[2:])
     finally:
         kept = live(instances)
         for directory in kept:
