@@ -30,6 +30,7 @@ from scheduler.config import LoadedConfig
 from scheduler.generations import WorkerGenerations
 from scheduler.local_ray import SharedLocalRay, for_one_shot
 from scheduler.outbox import Outbox
+from scheduler.probing import InFlightProbes
 from scheduler.ray_attach import InfrastructureError, SharedRay, check_reachable
 from scheduler.ledger_errors import LedgerWriteError
 from scheduler.tasks import available_nodes, execute, placeable, placement_options, probe, warm
@@ -95,6 +96,7 @@ class RayDispatcher:
         self._outbox = Outbox()
         self.generations = WorkerGenerations()
         self._warm = WarmUps()
+        self._probes = InFlightProbes()
 
     @classmethod
     def for_one_shot(cls, loaded: LoadedConfig) -> "RayDispatcher":
@@ -164,6 +166,7 @@ class RayDispatcher:
     def shutdown(self) -> None:
         if self._ray is not None:
             self._warm.cancel(self._ray)
+            self._probes.cancel(self._ray)
         if self._started_ray and self._ray is not None:
             self._ray.shutdown()
             self._started_ray = False
@@ -171,31 +174,24 @@ class RayDispatcher:
 
     # -- probing ------------------------------------------------------------------------------
     def probe(self, targets: list[str], timeout: float) -> dict[str, dict[str, Any] | str]:
-        """Each target's stack, probed on its own nodes: {target: stack} or {target: why not}."""
-        ray, cfg = self._ray, self.loaded.config
+        """Each target's stack, probed on its own nodes: {target: stack} or {target: why not}. A probe
+        that does not answer within `timeout` stays in flight for the next call (scheduler/probing.py)."""
+        cfg = self.loaded.config
         out: dict[str, dict[str, Any] | str] = {}
-        refs = {}
         available = available_nodes(self._ray)
-        for name in targets:
-            target = cfg.targets[name]
-            if not placeable(target.where, available):
-                out[name] = "no node offers this target"
-                continue
+        placed = [name for name in targets if placeable(cfg.targets[name].where, available)]
+        out.update({name: "no node offers this target" for name in targets if name not in placed})
+
+        def submit(name: str) -> Any:
             # In the target's job workers: a worker of their own would often be reaped between polls
             # (Ray keeps one idle worker per CPU) and every probe would then wait for a new one.
-            options = {**placement_options(target.where), **self.generations.options(name)}
-            refs[self._probe_task.options(**options).remote(self.loaded.probe_specs(name))] = name
-        ready, missing = ray.wait(list(refs), num_returns=len(refs), timeout=timeout) if refs else ([], [])
-        for ref in ready:
-            try:
-                out[refs[ref]] = ray.get(ref)
-            except ray.exceptions.RayError as exc:
-                out[refs[ref]] = f"probe failed: {type(exc).__name__}"
-            else:
-                self.generations.note(refs[ref], out[refs[ref]]["hash"])
-        for ref in missing:
-            ray.cancel(ref, force=True)
-            out[refs[ref]] = f"probe timed out after {timeout:g}s"
+            options = {**placement_options(cfg.targets[name].where), **self.generations.options(name)}
+            return self._probe_task.options(**options).remote(self.loaded.probe_specs(name))
+
+        for name, stack in self._probes.collect(self._ray, submit, placed, timeout).items():
+            out[name] = stack
+            if isinstance(stack, dict):
+                self.generations.note(name, stack["hash"])
         return out
 
     # -- jobs ---------------------------------------------------------------------------------

@@ -116,6 +116,26 @@ def test_after_a_stack_change_jobs_run_in_workers_started_after_it(setup, tmp_pa
     assert after not in before  # a worker of the earlier stack can no longer take the target's jobs
 
 
+def test_a_probe_slower_than_a_poll_stays_in_flight_and_answers_a_later_poll(setup, tmp_path: Path) -> None:
+    loaded, ledger, dispatcher = setup
+    hold, starts = tmp_path / "probe.hold", tmp_path / "probe.starts"
+    hold.touch()
+    # A command probe that notes each start, then waits while the hold file exists.
+    probe = (f'    probes: {{firmware: {{command: [sh, -c, "echo started >> {starts}; '
+             f'while [ -e {hold} ]; do sleep 0.05; done; echo 1.0"], timeout_seconds: 120}}}}\n')
+    path = tmp_path / "targets.yaml"
+    path.write_text(path.read_text().replace("    runners: [onnxruntime, torch]\n",
+                                             "    runners: [onnxruntime, torch]\n" + probe))
+    dispatcher.loaded = load_config(path)
+    for _ in range(2):  # two polls that do not wait long enough: one probe, still waited for
+        answer = dispatcher.probe(["local-cpu"], timeout=0.5)["local-cpu"]
+        assert isinstance(answer, str) and "still waiting" in answer, answer
+    hold.unlink()
+    stack = dispatcher.probe(["local-cpu"], timeout=60)["local-cpu"]
+    assert isinstance(stack, dict) and stack["components"]["firmware"] == "1.0"
+    assert starts.read_text().splitlines() == ["started"]  # never cancelled and started again
+
+
 def test_a_stale_runtime_in_a_worker_moves_the_targets_next_jobs_to_new_workers(setup) -> None:
     loaded, ledger, dispatcher = setup
     dispatcher.generations.note("local-cpu", "probed")
