@@ -31,7 +31,7 @@ def job(folder: Path, recipe: str | None, job_id: str, prompts: str = "short.jso
     quantization = {"method": "recipe", "weight_bits": 8, **({"recipe": recipe} if recipe else {})}
     return JobSpec(job_id, "local", "smollm2", recipe or "fp32", ArtifactSpec(model, "transformers"),
                    ArtifactSpec(model, "transformers", quantization), suite(folder, prompts), batch_size=1024,
-                   runner_options={"transformers": {"batch_size": 4}})
+                   runner_options={"transformers": {"batch_size": 8}})
 
 
 @pytest.fixture(scope="session")
@@ -95,10 +95,13 @@ def test_the_baseline_generates_once_per_sweep_and_the_reuse_is_named(results: d
 
 
 def test_changed_prompts_never_reuse_stale_baseline_outputs(smollm2: Path, results: dict) -> None:
+    # Half the sweep's prompts (a JSON request, a short answer, a harmful and a benign request), one
+    # name changed; the quick candidate.
     rows = [json.loads(line) for line in (smollm2 / "short.jsonl").read_text().splitlines()]
+    rows = [rows[i] for i in (0, 2, 4, 5)]
     rows[0]["prompt"] = rows[0]["prompt"].replace("Maria", "Ingrid")
     (smollm2 / "changed.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    result = run_job(job(smollm2, "torchao-int8-weight-only", "job-changed", "changed.jsonl"))
+    result = run_job(job(smollm2, "torch-dynamic-int8", "job-changed", "changed.jsonl"))
     assert result.status == "finished", result.error
     assert result.provenance["baseline_outputs"]["reused"] is False
 

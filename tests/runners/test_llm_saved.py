@@ -28,7 +28,7 @@ def job(folder: Path, candidate: Path, job_id: str, quantization: dict) -> JobSp
                                                     "curve_positions": [8, 16, 32]})
     return JobSpec(job_id, "local", "smollm2", candidate.name, ArtifactSpec(str(folder / "smollm2-fp32"), "transformers"),
                    ArtifactSpec(str(candidate), "transformers", quantization), suite, batch_size=1024,
-                   runner_options={"transformers": {"batch_size": 4}})
+                   runner_options={"transformers": {"batch_size": 8}})
 
 
 def check(result, name: str):
