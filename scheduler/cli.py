@@ -71,7 +71,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from scheduler import report as render
     from scheduler.validate import run_validation
 
-    loaded = _load(args)
+    served = getattr(args, "served_by", None)  # the kept driver, when it runs this command (kept_driver.py)
+    loaded = served.config(args) if served else _load(args)
     if args.plot:
         _check_plot_dir(args.plot)
     try:
@@ -80,7 +81,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from exc
     if not jobs:
         raise UsageError(f"nothing to validate in {args.config} for the given --target/--model")
-    dispatcher = RayDispatcher.for_one_shot(loaded)
+    dispatcher = served.dispatcher(loaded) if served else RayDispatcher.for_one_shot(loaded)
     show_progress = sys.stderr.isatty() and not args.json
     if show_progress:
         print(f"starting Ray and {len(jobs)} job(s)...", file=sys.stderr, flush=True)
@@ -92,8 +93,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
         dispatcher.start()
         dispatcher.warm(jobs)
         ledger = opening.result()
-        for sig in (signal.SIGTERM, signal.SIGINT):  # after Ray's start, which installs a handler of its own
-            signal.signal(sig, lambda number, _frame: dispatcher.stop(signal.Signals(number).name))
+        if served is None:  # served, the client's signals reach dispatcher.stop through the driver
+            for sig in (signal.SIGTERM, signal.SIGINT):  # after Ray's start, which installs a handler of its own
+                signal.signal(sig, lambda number, _frame: dispatcher.stop(signal.Signals(number).name))
         result = run_validation(loaded, jobs, ledger, dispatcher, progress=_progress if show_progress else None,
                                 give_up_writes_after=VALIDATE_WRITE_PATIENCE_SECONDS)
     finally:
@@ -337,8 +339,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, served_by: Any = None) -> int:
+    """Run one command; `served_by` is the kept driver running it for a client (scheduler/kept_driver.py)."""
     args = build_parser().parse_args(argv)
+    args.served_by = served_by
     from scheduler.dispatch import InfrastructureError
     from scheduler.http import ListenError
     from scheduler.ledger_errors import LedgerError

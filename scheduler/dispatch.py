@@ -28,7 +28,7 @@ from typing import Any, Protocol
 from runners.contracts import ERROR, JobResult, JobSpec
 from scheduler.config import LoadedConfig
 from scheduler.generations import WorkerGenerations
-from scheduler.local_ray import SharedLocalRay, for_one_shot
+from scheduler.local_ray import Attachment, SharedLocalRay, for_one_shot
 from scheduler.outbox import Outbox
 from scheduler.probing import InFlightProbes
 from scheduler.ray_attach import InfrastructureError, SharedRay, check_reachable
@@ -136,13 +136,19 @@ class RayDispatcher:
 
     @property
     def ray_origin(self) -> str:
-        """Which Ray this dispatcher uses: "address", "embedded", "shared, started" or "shared, reused"."""
+        """Which Ray this dispatcher uses: "address", "embedded", "shared, started", "shared, reused" or
+        "shared, kept driver"."""
         return "address" if self.address else self._shared.origin
 
     def attach_shared(self) -> None:
         """Attach to the shared local Ray, starting it if needed; where that fails this command starts
         its own, and says why. Called before Ray is imported: Ray reads its token settings once, then."""
         self._shared.attach()
+
+    def adopt_shared(self, attachment: Attachment) -> None:
+        """Run on the shared local Ray this process has joined already, under the hold it took (the kept
+        driver: scheduler/kept_driver.py); `start` then finds Ray initialized and leaves it running."""
+        self._shared.adopt(attachment)
 
     def warm(self, jobs: list[JobSpec]) -> None:
         """Start each of these jobs' targets' worker now, while the command still plans

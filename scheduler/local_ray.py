@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import secrets
@@ -36,19 +35,22 @@ import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any, Iterator, Mapping
 
-MODE_ENV = "REVALIDATOR_LOCAL_RAY"  # "fresh": start and stop an embedded Ray per command, as the daemon does
-DIRECTORY_ENV = "REVALIDATOR_LOCAL_RAY_DIR"
+from scheduler.local_keys import DIRECTORY_ENV, MODE_ENV, base_directory, comparable_env, driver_socket, key_of
+
+__all__ = ["DIRECTORY_ENV", "MODE_ENV", "Attachment", "LocalRayError", "SharedLocalRay", "base_directory",
+           "for_one_shot", "instance_key", "instances", "live_state", "stop"]
+
 START_TIMEOUT_SECONDS = 120.0
 _POLL_SECONDS = 0.05
 _SUPERVISE_SECONDS = 1.0
-# Variables that differ between two shells of one user without changing what a worker computes.
-_SHELL_NOISE = frozenset({
-    "PWD", "OLDPWD", "SHLVL", "_", "TERM", "COLUMNS", "LINES", "PS1", "PS2", "PROMPT_COMMAND", "COLORTERM",
-    "LS_COLORS", "MAIL", "DISPLAY", "XAUTHORITY", "SSH_CLIENT", "SSH_CONNECTION", "SSH_TTY", "SSH_AUTH_SOCK",
-    "TMUX", "TMUX_PANE", "STY", "WINDOW", "HISTFILE", "HISTSIZE", "HISTCONTROL", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN",
-})
+# The kept driver's exit codes (scheduler/kept_driver.py): 0 it ended on purpose (stale code, or asked
+# to), so it is started again; DRIVER_SUPERSEDED another instance's driver serves this environment.
+DRIVER_SUPERSEDED = 75
+# A driver that crashed is started again after this, doubling up to _DRIVER_BACKOFF_MAX.
+_DRIVER_BACKOFF_SECONDS = 5.0
+_DRIVER_BACKOFF_MAX = 300.0
 
 
 class LocalRayError(RuntimeError):
@@ -66,6 +68,8 @@ class Attachment:
     _in_use: IO[str]
 
     def release(self) -> None:
+        if self._in_use.closed:  # released already
+            return
         (self.directory / "last-used").touch()
         fcntl.flock(self._in_use, fcntl.LOCK_UN)
         self._in_use.close()
@@ -95,6 +99,21 @@ class SharedLocalRay:
                 in_use.close()
         raise LocalRayError(f"the local Ray in {self.directory} stopped while attaching to it")
 
+    def attach_running(self, address: str) -> Attachment | None:
+        """Hold the live instance at `address` without waiting or starting one (for the kept driver's
+        commands): None while its supervisor stops it, or once another instance replaced it."""
+        in_use = open(self.directory / "in-use.lock", "a+")
+        try:
+            fcntl.flock(in_use, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            in_use.close()
+            return None
+        state = live_state(self.directory)
+        if state is None or state["address"] != address:
+            in_use.close()
+            return None
+        return Attachment(address, state["token"], False, self.directory, in_use)
+
     def _start(self) -> dict[str, Any]:
         log = open(self.directory / "supervisor.log", "ab")
         command = [sys.executable, "-m", "scheduler.local_ray", "serve", str(self.directory),
@@ -119,28 +138,22 @@ class SharedLocalRay:
                             f"see {self.directory / 'ray.log'}")
 
 
-def for_one_shot(address: str | None, keep_seconds: float, num_cpus: int | None) -> SharedLocalRay | None:
+def for_one_shot(address: str | None, keep_seconds: float, num_cpus: int | None,
+                 env: Mapping[str, str] | None = None) -> SharedLocalRay | None:
     """The shared instance a one-shot command should use, or None where it starts its own Ray
-    (an address is configured, keeping is off, or $REVALIDATOR_LOCAL_RAY is "fresh")."""
-    if address or os.environ.get("RAY_ADDRESS") or keep_seconds <= 0 or os.environ.get(MODE_ENV) == "fresh":
+    (an address is configured, keeping is off, or $REVALIDATOR_LOCAL_RAY is "fresh"). `env`: the
+    command's environment (default: this process's)."""
+    env = os.environ if env is None else env
+    if address or env.get("RAY_ADDRESS") or keep_seconds <= 0 or env.get(MODE_ENV) == "fresh":
         return None
-    return SharedLocalRay(base_directory() / instance_key(num_cpus), keep_seconds, num_cpus)
+    return SharedLocalRay(base_directory(env) / instance_key(num_cpus, env), keep_seconds, num_cpus)
 
 
-def base_directory() -> Path:
-    if os.environ.get(DIRECTORY_ENV):
-        return Path(os.environ[DIRECTORY_ENV])
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    return Path(runtime) / "revalidator-ray" if runtime else Path.home() / ".cache" / "revalidator" / "local-ray"
-
-
-def instance_key(num_cpus: int | None) -> str:
+def instance_key(num_cpus: int | None, env: Mapping[str, str] | None = None) -> str:
     """What makes two commands' embedded Rays interchangeable, hashed."""
-    env = {k: v for k, v in os.environ.items() if k not in _SHELL_NOISE and not k.startswith("TERM_")}
     # Not sys.path: each command's Ray job hands its own to its workers.
-    doc = {"python": sys.executable, "ray": metadata.version("ray"), "num_cpus": num_cpus, "cwd": os.getcwd(),
-           "env": env}
-    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+    return key_of({"python": sys.executable, "ray": metadata.version("ray"), "num_cpus": num_cpus,
+                   "cwd": os.getcwd(), "env": comparable_env(os.environ if env is None else env)})
 
 
 def live_state(directory: Path) -> dict[str, Any] | None:
@@ -204,15 +217,19 @@ def serve(directory: Path, keep_seconds: float, num_cpus: int | None) -> int:
             return 1
         time.sleep(_POLL_SECONDS)
     (directory / "last-used").touch()
-    _write_private(directory / "state.json", {"address": address, "token": token, "supervisor_pid": os.getpid(),
+    write_private(directory / "state.json", {"address": address, "token": token, "supervisor_pid": os.getpid(),
                                               "ray_pid": head.pid, "keep_seconds": keep_seconds,
                                               "started_at": time.time()})
     print(f"local Ray at {address}, kept {keep_seconds:g} s after its last use", flush=True)
+    driver = _KeptDriver(directory)
     with open(directory / "in-use.lock", "a+") as in_use:
         while True:
+            if not stopping:
+                driver.keep()
             time.sleep(_SUPERVISE_SECONDS)
             if head.poll() is not None:
                 _forget(directory)
+                driver.end()
                 print(f"ray exited with {head.returncode}", flush=True)
                 return 1
             reason = stopping[0] if stopping else None
@@ -226,9 +243,59 @@ def serve(directory: Path, keep_seconds: float, num_cpus: int | None) -> int:
             except BlockingIOError:
                 continue  # a command is attached
             _forget(directory)
+            driver.end()  # its Ray job ends before Ray does
             _end(head)
             print(f"stopped ({reason})", flush=True)
             return 0
+
+
+class _KeptDriver:
+    """The instance's kept driver (scheduler/kept_driver.py), a child of the supervisor: started once
+    Ray answers and again whenever it exits: at once when it ended on purpose (its code changed),
+    after a growing pause when it crashed, and once its lock is free when another instance's driver
+    serves the same environment (another CPU count)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        socket_path = driver_socket()
+        self.lock = socket_path.with_name("driver.lock") if socket_path else None  # None: no driver here
+        self.process: subprocess.Popen | None = None
+        self.not_before = 0.0
+        self.backoff = _DRIVER_BACKOFF_SECONDS
+
+    def keep(self) -> None:
+        """Start the driver if it is not running and may be started now."""
+        if self.process is not None:
+            code = self.process.poll()
+            if code is None:
+                return
+            self.process = None
+            if code not in (0, DRIVER_SUPERSEDED):
+                print(f"kept driver exited with {code}; starting another in {self.backoff:g} s", flush=True)
+                self.not_before, self.backoff = time.monotonic() + self.backoff, min(self.backoff * 2,
+                                                                                     _DRIVER_BACKOFF_MAX)
+        if self.lock is None or time.monotonic() < self.not_before or not self._lock_free():
+            return
+        with open(self.directory / "driver.log", "ab") as log:
+            self.process = subprocess.Popen([sys.executable, "-m", "scheduler.kept_driver", str(self.directory)],
+                                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                            preexec_fn=_end_with_parent)
+
+    def _lock_free(self) -> bool:
+        assert self.lock is not None
+        try:
+            with open(self.lock, "a+") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        except OSError:  # no driver folder yet: the driver makes it
+            return True
+        return True
+
+    def end(self) -> None:
+        if self.process is not None:
+            _end(self.process, 30)
+            self.process = None
 
 
 def _end_with_parent() -> None:
@@ -239,11 +306,11 @@ def _end_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def _end(head: subprocess.Popen) -> None:
+def _end(head: subprocess.Popen, timeout: float = 60) -> None:
     if head.poll() is None:
         head.terminate()  # `ray start --block` stops the Ray processes it started
         try:
-            head.wait(timeout=60)
+            head.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             head.kill()
             head.wait()
@@ -261,7 +328,7 @@ def _idle_for(directory: Path) -> float:
         return 0.0
 
 
-def _write_private(path: Path, doc: dict[str, Any]) -> None:
+def write_private(path: Path, doc: dict[str, Any]) -> None:
     partial = path.with_suffix(".partial")
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:

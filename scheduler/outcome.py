@@ -22,7 +22,8 @@ class RunRecord:
 class ValidationReport:
     records: list[RunRecord] = field(default_factory=list)
     ray_startup_seconds: float = 0.0
-    ray_origin: str = "embedded"  # or "address", "shared, started", "shared, reused" (scheduler/local_ray.py)
+    # or "address", "shared, started", "shared, reused" (scheduler/local_ray.py), "shared, kept driver"
+    ray_origin: str = "embedded"
 
     def exit_code(self) -> int:
         """3 for an internal or infrastructure error (a stale runtime in a worker among them), else 2 for

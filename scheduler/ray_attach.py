@@ -30,7 +30,8 @@ class SharedRay:
     def __init__(self, shared: SharedLocalRay | None) -> None:
         self.shared = shared  # None: this command starts (or reaches) a Ray of its own
         self.attachment: Attachment | None = None
-        self.origin = "embedded"  # or "shared, started" / "shared, reused" once attached (kept after release)
+        # or "shared, started" / "shared, reused" once attached, "shared, kept driver" (kept after release)
+        self.origin = "embedded"
         self._saved_auth: dict[str, str | None] = {}
 
     def attach(self) -> None:
@@ -42,11 +43,13 @@ class SharedRay:
         except (LocalRayError, OSError) as exc:
             log.warning("starting an embedded Ray instead of the shared one", extra={"fields": {"reason": str(exc)}})
             return
-        self._saved_auth = {name: os.environ.get(name) for name in _SET_VARIABLES}
-        os.environ["RAY_AUTH_MODE"], os.environ["RAY_AUTH_TOKEN"] = "token", self.attachment.token
-        os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
-        os.environ.update(NO_TASK_EVENTS)
+        self._saved_auth = join_settings(self.attachment.token)
         self.origin = "shared, started" if self.attachment.started else "shared, reused"
+
+    def adopt(self, attachment: Attachment) -> None:
+        """Use a hold this process took itself: the kept driver's, which joined Ray with these
+        settings when it started (scheduler/kept_driver.py)."""
+        self.attachment, self.origin = attachment, "shared, kept driver"
 
     def init(self, ray: Any, kwargs: dict[str, Any]) -> bool:
         """Join the attached instance; False (and detached, settings restored) where that fails."""
@@ -70,6 +73,15 @@ class SharedRay:
         if self.attachment is not None:
             self.attachment.release()
             self.attachment = None
+
+
+def join_settings(token: str) -> dict[str, str | None]:
+    """Set what a driver of the shared instance needs before Ray is imported; returns what they were."""
+    saved = {name: os.environ.get(name) for name in _SET_VARIABLES}
+    os.environ["RAY_AUTH_MODE"], os.environ["RAY_AUTH_TOKEN"] = "token", token
+    os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
+    os.environ.update(NO_TASK_EVENTS)
+    return saved
 
 
 def check_reachable(address: str, timeout: float = 5.0) -> None:
