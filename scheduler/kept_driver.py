@@ -122,7 +122,7 @@ class Driver:
                 self._handle(conn)
             finally:
                 self._idle.release()
-        self.say("code or installed packages changed: ending" if self.stale else "asked to stop: ending")
+        self.say("its code changed: ending" if self.stale else "asked to stop: ending")
         return 0
 
     def _accept(self) -> None:
