@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 MODE_ENV = "REVALIDATOR_LOCAL_RAY"  # "fresh": start and stop an embedded Ray per command, as the daemon does
 DIRECTORY_ENV = "REVALIDATOR_LOCAL_RAY_DIR"
+DRIVER_ENV = "REVALIDATOR_KEPT_DRIVER"  # "off": a kept local Ray keeps no driver (scheduler/kept_driver.py)
 # Variables that differ between two shells of one user without changing what a worker computes.
 SHELL_NOISE = frozenset({
     "PWD", "OLDPWD", "SHLVL", "_", "TERM", "COLUMNS", "LINES", "PS1", "PS2", "PROMPT_COMMAND", "COLORTERM",

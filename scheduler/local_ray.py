@@ -37,9 +37,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import IO, Any, Iterator, Mapping
 
-from scheduler.local_keys import DIRECTORY_ENV, MODE_ENV, base_directory, comparable_env, driver_socket, key_of
+from scheduler.local_keys import (DIRECTORY_ENV, DRIVER_ENV, MODE_ENV, base_directory, comparable_env, driver_socket,
+                                  key_of)
 
-__all__ = ["DIRECTORY_ENV", "MODE_ENV", "Attachment", "LocalRayError", "SharedLocalRay", "base_directory",
+__all__ = ["DIRECTORY_ENV", "DRIVER_ENV", "MODE_ENV", "Attachment", "LocalRayError", "SharedLocalRay", "base_directory",
            "for_one_shot", "instance_key", "instances", "live_state", "stop"]
 
 START_TIMEOUT_SECONDS = 120.0
@@ -225,7 +226,7 @@ def serve(directory: Path, keep_seconds: float, num_cpus: int | None) -> int:
     with open(directory / "in-use.lock", "a+") as in_use:
         while True:
             if not stopping:
-                driver.keep()
+                driver.keep(in_use)
             time.sleep(_SUPERVISE_SECONDS)
             if head.poll() is not None:
                 _forget(directory)
@@ -250,20 +251,21 @@ def serve(directory: Path, keep_seconds: float, num_cpus: int | None) -> int:
 
 
 class _KeptDriver:
-    """The instance's kept driver (scheduler/kept_driver.py), a child of the supervisor: started once
-    Ray answers and again whenever it exits: at once when it ended on purpose (its code changed),
-    after a growing pause when it crashed, and once its lock is free when another instance's driver
-    serves the same environment (another CPU count)."""
+    """The instance's kept driver (scheduler/kept_driver.py), a child of the supervisor, started when
+    no command is attached (its start-up would compete with the command's jobs for the CPUs), and
+    again whenever it exits: at once when it ended on purpose (its code changed), after a growing
+    pause when it crashed, and once its lock is free when another instance's driver serves the same
+    environment (another CPU count). None with $REVALIDATOR_KEPT_DRIVER "off"."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        socket_path = driver_socket()
+        socket_path = driver_socket() if os.environ.get(DRIVER_ENV) != "off" else None
         self.lock = socket_path.with_name("driver.lock") if socket_path else None  # None: no driver here
         self.process: subprocess.Popen | None = None
         self.not_before = 0.0
         self.backoff = _DRIVER_BACKOFF_SECONDS
 
-    def keep(self) -> None:
+    def keep(self, in_use: IO[str]) -> None:
         """Start the driver if it is not running and may be started now."""
         if self.process is not None:
             code = self.process.poll()
@@ -274,28 +276,30 @@ class _KeptDriver:
                 print(f"kept driver exited with {code}; starting another in {self.backoff:g} s", flush=True)
                 self.not_before, self.backoff = time.monotonic() + self.backoff, min(self.backoff * 2,
                                                                                      _DRIVER_BACKOFF_MAX)
-        if self.lock is None or time.monotonic() < self.not_before or not self._lock_free():
+        if self.lock is None or time.monotonic() < self.not_before or not _free(in_use) or not _free(self.lock):
             return
         with open(self.directory / "driver.log", "ab") as log:
             self.process = subprocess.Popen([sys.executable, "-m", "scheduler.kept_driver", str(self.directory)],
                                             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                             preexec_fn=_end_with_parent)
 
-    def _lock_free(self) -> bool:
-        assert self.lock is not None
-        try:
-            with open(self.lock, "a+") as handle:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        except OSError:  # no driver folder yet: the driver makes it
-            return True
-        return True
-
     def end(self) -> None:
         if self.process is not None:
             _end(self.process, 30)
             self.process = None
+
+
+def _free(lock: IO[str] | Path) -> bool:
+    """Whether nobody holds this lock (taken and let go at once)."""
+    try:
+        with open(lock, "a+") if isinstance(lock, Path) else contextlib.nullcontext(lock) as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle, fcntl.LOCK_UN)
+    except BlockingIOError:
+        return False
+    except OSError:  # no driver folder yet: the driver makes it
+        return True
+    return True
 
 
 def _end_with_parent() -> None:

@@ -15,6 +15,9 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 # instance of their own (their environments differ) would leave one running per test.
 # tests/scheduler/test_local_ray.py tests the shared one.
 os.environ.setdefault("REVALIDATOR_LOCAL_RAY", "fresh")
+# Nor does a kept one keep a driver (tests/scheduler/test_kept_driver.py tests it), which would
+# compete for the CPUs with the commands these tests time their workers' start by.
+os.environ.setdefault("REVALIDATOR_KEPT_DRIVER", "off")
 # Baseline outputs cached by the tests' jobs (and Ray workers, which inherit this) stay out of the
 # user's cache directory; one directory per session, removed at exit.
 _BASELINES = tempfile.mkdtemp(prefix="revalidator-baselines-")

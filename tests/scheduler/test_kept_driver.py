@@ -108,7 +108,8 @@ def kept(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path):
     (root / "plugins" / "kept_plugin.py").write_text(PLUGIN)
     env = {**os.environ, local_ray.DIRECTORY_ENV: str(root / "instances"),
            "PYTHONPATH": f"{REPO}{os.pathsep}{root / 'plugins'}"}
-    env.pop(local_ray.MODE_ENV, None)  # the suite's default is a Ray per command
+    env.pop(local_ray.MODE_ENV, None)  # the suite's default is a Ray per command, with no kept driver
+    env.pop(local_ray.DRIVER_ENV, None)
     env.pop("RAY_ADDRESS", None)
     text = demo_config(demo_dir, root / "ledger.db", candidates=("ort-int8-dynamic", "ort-w8a3"))
     (root / "targets.yaml").write_text(text.replace("ray: {", "ray: {keep_local_seconds: 600, ", 1))

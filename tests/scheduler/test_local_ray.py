@@ -114,27 +114,44 @@ def test_one_shot_commands_share_a_kept_local_ray(tmp_path: Path, demo_dir: Path
     assert live(instances) == {}
 
 
+def kept_drivers(directory: Path) -> list[int]:
+    """The pids of the kept drivers (scheduler/kept_driver.py) of the instance in `directory`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"scheduler.kept_driver" in argv and str(directory).encode() in argv and not gone(int(proc.name)):
+            found.append(int(proc.name))
+    return found
+
+
 def test_an_idle_local_ray_stops_itself(tmp_path: Path, demo_dir: Path) -> None:
     config, instances = write_config(tmp_path, demo_dir, keep_seconds=1), tmp_path / "instances"
-    validate(config, instances)
-    directory = next(d for d in instances.iterdir() if d.is_dir())
+    validate(config, instances, **{local_ray.DRIVER_ENV: "on"})
+    directory = next(d for d in instances.iterdir() if d.is_dir() and not d.name.startswith("driver-"))
     state = json.loads((directory / "state.json").read_text())
     try:
         wait_until(lambda: gone(state["supervisor_pid"]) and gone(state["ray_pid"]), 90, "the idle Ray to stop")
         assert not (directory / "state.json").exists()
         assert "stopped (idle)" in (directory / "supervisor.log").read_text()
+        # it had started its kept driver once the command let go, and ended it first
+        assert (directory / "driver.log").exists() and kept_drivers(directory) == []
     finally:
         local_ray.stop(directory)
 
 
 def test_a_killed_supervisor_takes_its_ray_along_and_is_replaced(tmp_path: Path, demo_dir: Path) -> None:
     config, instances = write_config(tmp_path, demo_dir, keep_seconds=600), tmp_path / "instances"
-    validate(config, instances)
+    validate(config, instances, **{local_ray.DRIVER_ENV: "on"})
     (directory, state), = live(instances).items()
     try:
+        wait_until(lambda: kept_drivers(directory), 60, "the supervisor to start its kept driver")
         os.kill(state["supervisor_pid"], signal.SIGKILL)
         wait_until(lambda: gone(state["ray_pid"]), 60, "ray start to stop with its supervisor")
-        again = validate(config, instances)
+        wait_until(lambda: not kept_drivers(directory), 60, "the kept driver to stop with its supervisor")
+        again = validate(config, instances, **{local_ray.DRIVER_ENV: "on"})
         assert again["ray_origin"] == "shared, started"
         (_, replaced), = live(instances).items()
         assert replaced["supervisor_pid"] != state["supervisor_pid"] and alive(replaced["supervisor_pid"])
