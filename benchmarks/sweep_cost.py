@@ -22,14 +22,19 @@ models, loaded one at a time: chat template, batched greedy `generate` with the 
 same budgets and batches, outputs decoded. Both sides are warmed up once, cheaply (every recipe at
 two new tokens), not by a full run each; tokens_raw and tokens_sweep count what each side generated.
 
-One-shot validate: `revalidator validate --json` in a fresh process on the embedded default
-(targets.yaml over the demo artifacts, models whose artifacts are absent left out), its wall
-time minus the sum of its jobs' own times (they run one at a time on the one local target).
+One-shot validate: `revalidator validate --json` (`python -m scheduler.entry`, the executable's
+entry) in a fresh process on the embedded default (targets.yaml over the demo artifacts, models
+whose artifacts are absent left out), its wall time minus the sum of its jobs' own times (they run
+one at a time on the one local target), on three sides in rotating order: `fresh` (a Ray of its
+own), `own process` (the kept local Ray with no kept driver: every command in its own process, as
+before the driver) and `kept driver` (run by the kept Ray's kept driver, scheduler/kept_driver.py;
+the benchmark waits for it to listen once its Ray is up). Then the client's own cost: the median
+wall time of `validate -h` served by the driver beside that of a bare `python -c pass`.
 
 Usage: python benchmarks/sweep_cost.py [--rounds N] [--validate-runs N] [--validate-only | --llm-only]
        [--llm] [--llm-rounds N] [--llm-prompts N] [--llm-max-new-tokens N] [--demo DIR]
 Last line: {"metric": ..., "value": ..., "target": ..., "llm_value": ..., "ok": ...}: "ok" when every part
-that ran met its target (the classifier and the LLM at N = 8, the kept-Ray validate's fixed cost).
+that ran met its target (the classifier and the LLM at N = 8, the kept driver's validate fixed cost).
 """
 
 from __future__ import annotations
@@ -290,41 +295,80 @@ def embedded_default(work: Path) -> Path:
     return path
 
 
-def one_shot(config: Path, cache: Path, instances: Path, fresh: bool) -> dict:
-    """One `revalidator validate --json` process: on the kept local Ray in `instances`, or (fresh)
-    starting and stopping an embedded Ray of its own."""
+# The one-shot sides: a Ray of its own per command; the kept local Ray with each command in its own
+# process (no kept driver: how every command ran before the driver); the kept Ray's kept driver.
+VALIDATE_SIDES = {"fresh": {local_ray.MODE_ENV: "fresh"}, "own process": {local_ray.DRIVER_ENV: "off"},
+                  "kept driver": {}}
+
+
+def side_env(cache: Path, instances: Path, side: str) -> dict[str, str]:
     env = {**os.environ, "PYTHONPATH": str(REPO), DIRECTORY_ENV: str(cache), local_ray.DIRECTORY_ENV: str(instances)}
-    env.pop("RAY_ADDRESS", None)
-    env.pop(local_ray.MODE_ENV, None)
-    if fresh:
-        env[local_ray.MODE_ENV] = "fresh"
+    for name in ("RAY_ADDRESS", local_ray.MODE_ENV, local_ray.DRIVER_ENV):
+        env.pop(name, None)
+    return {**env, **VALIDATE_SIDES[side]}
+
+
+def one_shot(config: Path, cache: Path, instances: Path, side: str) -> dict:
+    """One `revalidator validate --json` process (the executable's entry) on one of VALIDATE_SIDES."""
+    env = side_env(cache, instances, side)
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "scheduler.cli", "validate", "--json", "-c", str(config)],
+    proc = subprocess.run([sys.executable, "-m", "scheduler.entry", "validate", "--json", "-c", str(config)],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     wall = time.perf_counter() - started
     if proc.returncode not in (0, 1):
         raise SystemExit(f"validate exited {proc.returncode}: {proc.stderr[-2000:]}")
     doc = json.loads(proc.stdout)
     jobs = sum(r["finished_at"] - r["started_at"] for r in doc["runs"])
-    return {"ray": doc["ray_origin"], "wall_s": round(wall, 3), "jobs_s": round(jobs, 3),
+    return {"side": side, "ray": doc["ray_origin"], "wall_s": round(wall, 3), "jobs_s": round(jobs, 3),
             "fixed_s": round(wall - jobs, 3), "ray_startup_s": round(doc["ray_startup_seconds"], 3),
             "jobs": len(doc["runs"])}
 
 
-def validate_runs(work: Path, runs: int) -> list[dict]:
-    """A fresh-Ray run, then `runs` runs on the kept local Ray (the first of which starts it),
-    fresh and kept alternating after that so that both see the same load."""
+def driver_ready(instances: Path, timeout: float = 180) -> float:
+    """Seconds until the kept driver under `instances` listens (scheduler/kept_driver.py)."""
+    started = time.perf_counter()
+    while not list(instances.glob("driver-*/driver.json")):
+        if time.perf_counter() - started > timeout:
+            raise SystemExit(f"no kept driver came up in {instances} within {timeout:g} s")
+        time.sleep(0.1)
+    return time.perf_counter() - started
+
+
+def client_cost(cache: Path, instances: Path, runs: int = 10) -> dict:
+    """Medians of a bare Python start and of `validate -h` served by the kept driver: the client's
+    own cost (Python start, the entry's imports, the round trip) plus argparse's help."""
+    env = side_env(cache, instances, "kept driver")
+    times: dict[str, list[float]] = {"python_s": [], "served_help_s": []}
+    for _ in range(runs):
+        for key, argv in (("python_s", ["-c", "pass"]), ("served_help_s", ["-m", "scheduler.entry", "validate", "-h"])):
+            started = time.perf_counter()
+            subprocess.run([sys.executable, *argv], cwd=REPO, env=env, capture_output=True, check=True, timeout=60)
+            times[key].append(time.perf_counter() - started)
+    served = "validate -h: exit 0" in "".join(p.read_text() for p in instances.glob("*/driver.log"))
+    return {**{k: round(median(v), 4) for k, v in times.items()}, "served": served}
+
+
+def validate_runs(work: Path, runs: int) -> tuple[list[dict], dict]:
+    """Each kept side's first run starts its kept Ray (and, once it ends, the kept driver), then `runs`
+    rounds of the three sides in rotating order, so that all see the same load."""
     config, instances = embedded_default(work / "default"), work / "instances"
     out = []
     try:
+        for side in ("own process", "kept driver"):
+            out.append(one_shot(config, work / "default-cache", instances, side))
+            print(json.dumps({"validate": out[-1]}), flush=True)
+        print(json.dumps({"kept_driver_ready_after_s": round(driver_ready(instances), 2)}), flush=True)
+        sides = list(VALIDATE_SIDES)
         for i in range(runs):
-            for fresh in ((True, False) if i % 2 == 0 else (False, True)):
-                out.append(one_shot(config, work / "default-cache", instances, fresh))
+            for side in sides[i % 3:] + sides[:i % 3]:
+                out.append(one_shot(config, work / "default-cache", instances, side))
                 print(json.dumps({"validate": out[-1]}), flush=True)
+        client = client_cost(work / "default-cache", instances)
+        print(json.dumps({"client": client}), flush=True)
     finally:
         for directory, _ in local_ray.instances(instances):
             local_ray.stop(directory)
-    return out
+    return out, client
 
 
 def median(values: list[float]) -> float | None:
@@ -357,7 +401,7 @@ def main() -> int:
         cache = work / "cache"
         os.environ[DIRECTORY_ENV] = str(cache)
         cache.mkdir()
-        cases, runs = [], []
+        cases, runs, client = [], [], {}
         if classifier:
             heavy = heavy_case(work)
             demo = demo_case(work / "digits")
@@ -367,19 +411,24 @@ def main() -> int:
             cases += measure_llm(Path(args.demo), args.llm_prompts, args.llm_max_new_tokens,
                                  args.llm_rounds or args.rounds, work, cache)
         if validate:
-            runs = validate_runs(work, args.validate_runs)
+            runs, client = validate_runs(work, args.validate_runs)
 
     def at8(case: str) -> float | None:
         return next((c["ratio"] for c in cases if c["case"] == case and c["candidates"] == 8), None)
 
+    def fixed(side: str, ray: str) -> float | None:
+        return median([r["fixed_s"] for r in runs if r["side"] == side and r["ray"] == ray])
+
     heavy8, llm8 = at8("mlp-12m-10k"), at8(LLM_CASE)
-    fixed = median([r["fixed_s"] for r in runs if r["ray"] == "shared, reused"])  # the runs that found the kept Ray
+    served = fixed("kept driver", "shared, kept driver")  # the runs the kept driver ran
     met = [heavy8 is not None and heavy8 <= SWEEP_TARGET] if classifier else []
     met += [llm8 is not None and llm8 <= SWEEP_TARGET] if llm else []
-    met += [fixed is not None and fixed <= VALIDATE_TARGET] if validate else []
-    fresh = median([r["fixed_s"] for r in runs if r["ray"] == "embedded"])
+    met += [served is not None and served <= VALIDATE_TARGET] if validate else []
     print(json.dumps({"metric": "sweep_over_raw_8_candidates", "value": heavy8, "target": SWEEP_TARGET,
-                      "llm_value": llm8, "validate_fixed_seconds": fixed, "validate_fixed_seconds_fresh_ray": fresh,
+                      "llm_value": llm8, "validate_fixed_seconds": served,
+                      "validate_fixed_seconds_own_process": fixed("own process", "shared, reused"),
+                      "validate_fixed_seconds_fresh_ray": fixed("fresh", "embedded"),
+                      "validate_client_seconds": client.get("served_help_s") if validate else None,
                       "validate_target": VALIDATE_TARGET, "ok": bool(met) and all(met)}))
     return 0
 

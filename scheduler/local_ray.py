@@ -251,9 +251,9 @@ def serve(directory: Path, keep_seconds: float, num_cpus: int | None) -> int:
 
 
 class _KeptDriver:
-    """The instance's kept driver (scheduler/kept_driver.py), a child of the supervisor, started when
-    no command is attached (its start-up would compete with the command's jobs for the CPUs), and
-    again whenever it exits: at once when it ended on purpose (its code changed), after a growing
+    """The instance's kept driver (scheduler/kept_driver.py), a child of the supervisor, started once
+    the command that started the instance has let go and no other is attached (its start-up would
+    compete with their jobs for the CPUs), and again whenever it exits: at once when it ended on purpose (its code changed), after a growing
     pause when it crashed, and once its lock is free when another instance's driver serves the same
     environment (another CPU count). None with $REVALIDATOR_KEPT_DRIVER "off"."""
 
@@ -264,6 +264,7 @@ class _KeptDriver:
         self.process: subprocess.Popen | None = None
         self.not_before = 0.0
         self.backoff = _DRIVER_BACKOFF_SECONDS
+        self.unused_since: float | None = _last_used(directory)  # None once a command has let go
 
     def keep(self, in_use: IO[str]) -> None:
         """Start the driver if it is not running and may be started now."""
@@ -276,6 +277,9 @@ class _KeptDriver:
                 print(f"kept driver exited with {code}; starting another in {self.backoff:g} s", flush=True)
                 self.not_before, self.backoff = time.monotonic() + self.backoff, min(self.backoff * 2,
                                                                                      _DRIVER_BACKOFF_MAX)
+        if self.unused_since is not None and _last_used(self.directory) == self.unused_since:
+            return
+        self.unused_since = None
         if self.lock is None or time.monotonic() < self.not_before or not _free(in_use) or not _free(self.lock):
             return
         with open(self.directory / "driver.log", "ab") as log:
@@ -326,10 +330,15 @@ def _forget(directory: Path) -> None:
 
 
 def _idle_for(directory: Path) -> float:
+    used = _last_used(directory)
+    return 0.0 if used is None else time.time() - used
+
+
+def _last_used(directory: Path) -> float | None:
     try:
-        return time.time() - (directory / "last-used").stat().st_mtime
+        return (directory / "last-used").stat().st_mtime
     except OSError:
-        return 0.0
+        return None
 
 
 def write_private(path: Path, doc: dict[str, Any]) -> None:
