@@ -174,20 +174,32 @@ def test_changed_plugin_code_restarts_the_driver_and_its_workers(kept: Kept) -> 
     assert verdicts(before) == verdicts(declined) == verdicts(after)
 
 
-def test_sigint_stops_a_served_command_as_it_stops_its_own(kept: Kept) -> None:
-    config = variant(kept, "slow.yaml", "tests.plugins:SlowOnnxRunner", ledger="slow.db")
-    driver_state(kept)
+def recorded(ledger: Path) -> list[tuple[str, str | None]]:
+    """(status, error) of every run in the ledger."""
+    try:
+        with sqlite3.connect(ledger) as conn:
+            return list(conn.execute("SELECT status, error FROM runs"))
+    except sqlite3.Error:
+        return []
+
+
+def slow_command(kept: Kept, name: str) -> tuple[subprocess.Popen, Path]:
+    """A served `validate` whose jobs take seconds to load their models, once one of them runs."""
+    config = variant(kept, f"{name}.yaml", "tests.plugins:SlowOnnxRunner", ledger=f"{name}.db")
     proc = subprocess.Popen([sys.executable, "-m", "scheduler.entry", "validate", "-c", str(config)], cwd=REPO,
                             env=kept.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-    def statuses() -> list[str]:
-        try:
-            with sqlite3.connect(kept.root / "slow.db") as conn:
-                return [s for (s,) in conn.execute("SELECT status FROM runs")]
-        except sqlite3.Error:
-            return []
     try:
-        wait_for(lambda: "running" in statuses(), 120, "a job to start")
+        wait_for(lambda: "running" in {s for s, _ in recorded(kept.root / f"{name}.db")}, 120, "a job to start")
+    except BaseException:
+        proc.kill()
+        raise
+    return proc, kept.root / f"{name}.db"
+
+
+def test_sigint_stops_a_served_command_as_it_stops_its_own(kept: Kept) -> None:
+    driver_state(kept)
+    proc, ledger = slow_command(kept, "interrupted")
+    try:
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=60)
     finally:
@@ -195,10 +207,37 @@ def test_sigint_stops_a_served_command_as_it_stops_its_own(kept: Kept) -> None:
             proc.kill()
     assert proc.returncode == 3, stderr
     last = stderr.strip().splitlines()[-1]
-    assert last.startswith("error: validate stopped by SIGINT: ") and str(kept.root / "slow.db") in last, stderr
+    assert last.startswith("error: validate stopped by SIGINT: ") and str(ledger) in last, stderr
     assert "Traceback" not in stderr
-    assert "cancelled" in statuses() and not {"queued", "running"} & set(statuses())
+    statuses = {s for s, _ in recorded(ledger)}
+    assert "cancelled" in statuses and not {"queued", "running"} & statuses
     assert f"served pid {proc.pid}: validate -c" in kept.driver_log
+
+
+def test_a_killed_client_stops_its_command(kept: Kept) -> None:
+    driver_state(kept)
+    proc, ledger = slow_command(kept, "client-killed")
+    proc.kill()
+    proc.communicate(timeout=60)
+    wait_for(lambda: recorded(ledger) and all(s == "cancelled" for s, _ in recorded(ledger)), 60,
+             "the driver to record the command's jobs as cancelled")
+    assert {e for _, e in recorded(ledger)} == {"validate stopped by client gone"}
+
+
+def test_a_driver_that_dies_during_a_command_exits_3_and_is_replaced(kept: Kept) -> None:
+    state = driver_state(kept)
+    proc, _ = slow_command(kept, "driver-killed")
+    try:
+        os.kill(state["pid"], signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 3 and stderr.startswith("error: the kept Ray driver ended before the command did"), \
+        stderr
+    replaced = driver_state(kept, not_pid=state["pid"])  # the supervisor starts another
+    _, doc, _ = validate(kept, kept.config)
+    assert doc["ray_origin"] == "shared, kept driver" and worker_pids(doc) == set(replaced["warmed"])
 
 
 def test_a_bad_argument_exits_2_with_the_same_message(kept: Kept) -> None:
