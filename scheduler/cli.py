@@ -265,12 +265,14 @@ def cmd_local_ray(args: argparse.Namespace) -> int:
     """List (or stop) the local Rays kept between one-shot commands."""
     from scheduler import local_ray
     from scheduler.dispatch import InfrastructureError
+    from scheduler.driver_keeper import kept_driver
 
     found = local_ray.instances()
     for directory, state in found:
         idle = time.time() - (directory / "last-used").stat().st_mtime
+        driver = kept_driver(directory)
         print(f"{state['address']}  supervisor pid {state['supervisor_pid']}  idle {idle:.0f} s of "
-              f"{state['keep_seconds']:g} s  {directory}")
+              f"{state['keep_seconds']:g} s  {directory}" + (f"  kept driver pid {driver['pid']}" if driver else ""))
         if args.stop and not local_ray.stop(directory):
             raise InfrastructureError(f"the local Ray in {directory} did not stop within 60 s")
     if not found:

@@ -24,29 +24,26 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import io
-import json
 import logging
 import os
 import queue
 import signal
 import socket
-import struct
 import sys
 import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO
 
-from scheduler import kept_code
-from scheduler.kept_client import PROTOCOL, TERMINAL
+from scheduler import kept_code, kept_wire
+from scheduler.driver_keeper import DRIVER_SUPERSEDED
+from scheduler.kept_client import PROTOCOL
 from scheduler.local_keys import driver_document, driver_socket
-from scheduler.local_ray import DRIVER_SUPERSEDED, Attachment, SharedLocalRay, for_one_shot, live_state, write_private
+from scheduler.local_ray import Attachment, SharedLocalRay, for_one_shot, live_state, write_private
 from scheduler.ray_attach import join_settings
 
 STATE_NAME = "driver.json"
-_REQUEST_LIMIT = 1 << 20
-_READ_SECONDS = 5.0  # a client sends its request at once; one that does not is not waited for
 _WARM_SECONDS = 120.0
 _LOGGERS = ("revalidator", "ray", "ray._private")  # those a command points at its log file
 
@@ -133,46 +130,46 @@ class Driver:
                 continue
             with contextlib.closing(conn):  # a second command at once: it runs in its own process
                 with contextlib.suppress(OSError, ValueError):
-                    _, fds = _receive(conn)
-                    _close(fds)
-                    _send(conn, {"declined": "busy with another command"})
-                    self.say(f"declined pid {_peer(conn)[0]}: busy")
+                    _, fds = kept_wire.receive(conn)
+                    kept_wire.close_all(fds)
+                    kept_wire.send(conn, {"declined": "busy with another command"})
+                    self.say(f"declined pid {kept_wire.peer(conn)[0]}: busy")
 
     def _handle(self, conn: socket.socket) -> None:
         fds: list[int] = []
         with contextlib.closing(conn):
             try:
-                request, fds = _receive(conn)
+                request, fds = kept_wire.receive(conn)
                 reason, loaded = self._refusal(conn, request, fds)
                 attachment = None
                 if reason is None:
                     attachment = self.shared.attach_running(self.address)
                     reason = None if attachment is not None else "the local Ray is being stopped"
                 if reason is not None:
-                    _send(conn, {"declined": reason})
-                    self.say(f"declined pid {_peer(conn)[0]}: {reason}")
+                    kept_wire.send(conn, {"declined": reason})
+                    self.say(f"declined pid {kept_wire.peer(conn)[0]}: {reason}")
                     return
                 assert attachment is not None
                 answers = conn.makefile("rb")
-                _send(conn, {"accepted": True})
-                if _message(answers) != {"go": True}:  # the client gave up waiting: it runs the command itself
+                kept_wire.send(conn, {"accepted": True})
+                if kept_wire.message(answers) != {"go": True}:  # the client gave up waiting: it runs the command itself
                     attachment.release()
                     return
                 started = time.monotonic()
                 code = self._run(conn, answers, request, fds, Served(self.shared, attachment, loaded))
-                self.say(f"served pid {_peer(conn)[0]}: {' '.join(request['argv'])}: exit {code} "
+                self.say(f"served pid {kept_wire.peer(conn)[0]}: {' '.join(request['argv'])}: exit {code} "
                          f"({time.monotonic() - started:.2f} s)")
             except Exception as exc:  # the client, if it has not been accepted, runs the command itself
                 self.say(f"dropped a request: {type(exc).__name__}: {exc}")
                 if not isinstance(exc, (OSError, ValueError)):
                     self.log.write(traceback.format_exc())
             finally:
-                _close(fds)
+                kept_wire.close_all(fds)
 
     def _refusal(self, conn: socket.socket, request: dict[str, Any], fds: list[int]) -> tuple[str | None, Any]:
         """Why this driver cannot run the request as the command's own process would (None: it can),
         and the config it read to decide."""
-        if _peer(conn)[1] != os.getuid():
+        if kept_wire.peer(conn)[1] != os.getuid():
             return "another user", None
         if request.get("protocol") != PROTOCOL or len(fds) != 3:
             return "another protocol", None
@@ -222,7 +219,7 @@ class Driver:
         self.current = served
         handlers = {name: list(logging.getLogger(name).handlers) for name in _LOGGERS}
         try:
-            with _terminal(fds, request.get("terminal") or {}):
+            with kept_wire.terminal(fds, request.get("terminal") or {}):
                 try:
                     code = cli.main(request["argv"], served_by=served)
                 except SystemExit as exc:  # argparse: its message is printed already
@@ -236,10 +233,10 @@ class Driver:
         finally:
             self.current = None
             served.attachment.release()  # a no-op where the command's dispatcher released it
-            _restore_logging(handlers)
+            kept_wire.restore_logging(handlers)
         done.set()
         with contextlib.suppress(OSError):
-            _send(conn, {"exit": code})
+            kept_wire.send(conn, {"exit": code})
             conn.shutdown(socket.SHUT_RDWR)  # wakes the watcher
         watcher.join(timeout=5)
         return code
@@ -249,7 +246,7 @@ def _watch(answers: BinaryIO, served: Served, done: threading.Event) -> None:
     """The client's messages during its command: its signals, then the end of its connection."""
     while True:
         try:
-            message = _message(answers)
+            message = kept_wire.message(answers)
         except (OSError, ValueError):
             message = None
         if done.is_set():
@@ -259,91 +256,6 @@ def _watch(answers: BinaryIO, served: Served, done: threading.Event) -> None:
             return
         if isinstance(message.get("signal"), str):
             served.stop(message["signal"])
-
-
-@contextlib.contextmanager
-def _terminal(fds: list[int], terminal: dict[str, str]) -> Iterator[None]:
-    """The client's stdin, stdout and stderr as this process's 0, 1 and 2, and its terminal's
-    variables, for the command; this process's own back after it."""
-    for stream in (sys.stdout, sys.stderr):
-        stream.flush()
-    saved = [os.dup(n) for n in (0, 1, 2)]
-    saved_env = {k: os.environ.get(k) for k in TERMINAL}
-    try:
-        for fd, n in zip(fds, (0, 1, 2)):
-            os.dup2(fd, n)
-        for k in TERMINAL:
-            _set_env(k, terminal.get(k) if isinstance(terminal.get(k), str) else None)
-        sys.stdout.reconfigure(line_buffering=os.isatty(1))
-        yield
-    finally:
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(OSError, ValueError):
-                stream.flush()
-        for n, fd in zip((0, 1, 2), saved):
-            os.dup2(fd, n)
-            os.close(fd)
-        for k, v in saved_env.items():
-            _set_env(k, v)
-        with contextlib.suppress(OSError, ValueError):
-            sys.stdout.reconfigure(line_buffering=False)
-
-
-def _set_env(name: str, value: str | None) -> None:
-    if value is None:
-        os.environ.pop(name, None)
-    else:
-        os.environ[name] = value
-
-
-def _restore_logging(handlers: dict[str, list[logging.Handler]]) -> None:
-    """Put back the loggers a command pointed at its log file, and close that file."""
-    for name, before in handlers.items():
-        logger = logging.getLogger(name)
-        for handler in logger.handlers:
-            if handler not in before:
-                handler.close()
-        logger.handlers[:] = before
-
-
-def _receive(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
-    """A request line and the file descriptors that came with it."""
-    conn.settimeout(_READ_SECONDS)
-    data, fds, _, _ = socket.recv_fds(conn, 1 << 16, 3)
-    while not data.endswith(b"\n"):
-        more = conn.recv(1 << 16) if data and len(data) <= _REQUEST_LIMIT else b""
-        if not more:
-            _close(fds)
-            raise ValueError("an incomplete request")
-        data += more
-    conn.settimeout(None)
-    request = json.loads(data)
-    if not isinstance(request, dict):
-        _close(fds)
-        raise ValueError("a request is a JSON object")
-    return request, fds
-
-
-def _message(answers: BinaryIO) -> dict[str, Any] | None:
-    line = answers.readline()
-    document = json.loads(line) if line else None
-    return document if isinstance(document, dict) else None
-
-
-def _send(conn: socket.socket, document: dict[str, Any]) -> None:
-    conn.sendall(json.dumps(document).encode() + b"\n")
-
-
-def _peer(conn: socket.socket) -> tuple[int, int]:
-    """The client's pid and uid."""
-    pid, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
-    return pid, uid
-
-
-def _close(fds: list[int]) -> None:
-    for fd in fds:
-        with contextlib.suppress(OSError):
-            os.close(fd)
 
 
 def main(argv: list[str] | None = None) -> int:

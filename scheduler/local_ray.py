@@ -16,7 +16,11 @@ instance of its own, in a directory named by that key:
   in-use.lock  held shared by every attached command; the supervisor stops Ray only when it can take
                it exclusively, so a command never loses its Ray in the middle of a run
   last-used    its modification time is when the last command let go
-  ray.log, supervisor.log
+  ray.log, supervisor.log, driver.log
+
+Once the command that started it has let go, the supervisor also keeps a driver that runs the next
+`validate` commands itself (scheduler/kept_driver.py), in a folder of its own beside the instances
+(scheduler/local_keys.py); it ends that driver before it stops Ray.
 """
 
 from __future__ import annotations
@@ -37,8 +41,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import IO, Any, Iterator, Mapping
 
-from scheduler.local_keys import (DIRECTORY_ENV, DRIVER_ENV, MODE_ENV, base_directory, comparable_env, driver_socket,
-                                  key_of)
+from scheduler.local_keys import DIRECTORY_ENV, DRIVER_ENV, MODE_ENV, base_directory, comparable_env, key_of
 
 __all__ = ["DIRECTORY_ENV", "DRIVER_ENV", "MODE_ENV", "Attachment", "LocalRayError", "SharedLocalRay", "base_directory",
            "for_one_shot", "instance_key", "instances", "live_state", "stop"]
@@ -46,12 +49,6 @@ __all__ = ["DIRECTORY_ENV", "DRIVER_ENV", "MODE_ENV", "Attachment", "LocalRayErr
 START_TIMEOUT_SECONDS = 120.0
 _POLL_SECONDS = 0.05
 _SUPERVISE_SECONDS = 1.0
-# The kept driver's exit codes (scheduler/kept_driver.py): 0 it ended on purpose (stale code, or asked
-# to), so it is started again; DRIVER_SUPERSEDED another instance's driver serves this environment.
-DRIVER_SUPERSEDED = 75
-# A driver that crashed is started again after this, doubling up to _DRIVER_BACKOFF_MAX.
-_DRIVER_BACKOFF_SECONDS = 5.0
-_DRIVER_BACKOFF_MAX = 300.0
 
 
 class LocalRayError(RuntimeError):
@@ -164,7 +161,7 @@ def live_state(directory: Path) -> dict[str, Any] | None:
         state = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    if _alive(state.get("supervisor_pid")) and _answers(state.get("address", "")):
+    if alive(state.get("supervisor_pid")) and _answers(state.get("address", "")):
         return state
     with contextlib.suppress(OSError):
         path.unlink()
@@ -186,7 +183,7 @@ def stop(directory: Path, timeout: float = 60.0) -> bool:
     os.kill(state["supervisor_pid"], signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not _alive(state["supervisor_pid"]):
+        if not alive(state["supervisor_pid"]):
             return True
         time.sleep(_POLL_SECONDS)
     return False
@@ -208,12 +205,12 @@ def serve(directory: Path, keep_seconds: float, num_cpus: int | None) -> int:
         command.append(f"--num-cpus={num_cpus}")
     with open(directory / "ray.log", "ab") as log:
         head = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                preexec_fn=_end_with_parent)
+                                preexec_fn=end_with_parent)
     address = f"127.0.0.1:{port}"
     deadline = time.monotonic() + START_TIMEOUT_SECONDS
     while not _answers(address):
         if head.poll() is not None or stopping or time.monotonic() > deadline:
-            _end(head)
+            end_process(head)
             print(f"ray start did not come up (exit {head.poll()}): {_tail(directory / 'ray.log')}", flush=True)
             return 1
         time.sleep(_POLL_SECONDS)
@@ -222,7 +219,9 @@ def serve(directory: Path, keep_seconds: float, num_cpus: int | None) -> int:
                                               "ray_pid": head.pid, "keep_seconds": keep_seconds,
                                               "started_at": time.time()})
     print(f"local Ray at {address}, kept {keep_seconds:g} s after its last use", flush=True)
-    driver = _KeptDriver(directory)
+    from scheduler.driver_keeper import KeptDriver  # not at import: it imports this module
+
+    driver = KeptDriver(directory)
     with open(directory / "in-use.lock", "a+") as in_use:
         while True:
             if not stopping:
@@ -245,68 +244,12 @@ def serve(directory: Path, keep_seconds: float, num_cpus: int | None) -> int:
                 continue  # a command is attached
             _forget(directory)
             driver.end()  # its Ray job ends before Ray does
-            _end(head)
+            end_process(head)
             print(f"stopped ({reason})", flush=True)
             return 0
 
 
-class _KeptDriver:
-    """The instance's kept driver (scheduler/kept_driver.py), a child of the supervisor, started once
-    the command that started the instance has let go and no other is attached (its start-up would
-    compete with their jobs for the CPUs), and again whenever it exits: at once when it ended on purpose (its code changed), after a growing
-    pause when it crashed, and once its lock is free when another instance's driver serves the same
-    environment (another CPU count). None with $REVALIDATOR_KEPT_DRIVER "off"."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        socket_path = driver_socket() if os.environ.get(DRIVER_ENV) != "off" else None
-        self.lock = socket_path.with_name("driver.lock") if socket_path else None  # None: no driver here
-        self.process: subprocess.Popen | None = None
-        self.not_before = 0.0
-        self.backoff = _DRIVER_BACKOFF_SECONDS
-        self.unused_since: float | None = _last_used(directory)  # None once a command has let go
-
-    def keep(self, in_use: IO[str]) -> None:
-        """Start the driver if it is not running and may be started now."""
-        if self.process is not None:
-            code = self.process.poll()
-            if code is None:
-                return
-            self.process = None
-            if code not in (0, DRIVER_SUPERSEDED):
-                print(f"kept driver exited with {code}; starting another in {self.backoff:g} s", flush=True)
-                self.not_before, self.backoff = time.monotonic() + self.backoff, min(self.backoff * 2,
-                                                                                     _DRIVER_BACKOFF_MAX)
-        if self.unused_since is not None and _last_used(self.directory) == self.unused_since:
-            return
-        self.unused_since = None
-        if self.lock is None or time.monotonic() < self.not_before or not _free(in_use) or not _free(self.lock):
-            return
-        with open(self.directory / "driver.log", "ab") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "scheduler.kept_driver", str(self.directory)],
-                                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                            preexec_fn=_end_with_parent)
-
-    def end(self) -> None:
-        if self.process is not None:
-            _end(self.process, 30)
-            self.process = None
-
-
-def _free(lock: IO[str] | Path) -> bool:
-    """Whether nobody holds this lock (taken and let go at once)."""
-    try:
-        with open(lock, "a+") if isinstance(lock, Path) else contextlib.nullcontext(lock) as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            fcntl.flock(handle, fcntl.LOCK_UN)
-    except BlockingIOError:
-        return False
-    except OSError:  # no driver folder yet: the driver makes it
-        return True
-    return True
-
-
-def _end_with_parent() -> None:
+def end_with_parent() -> None:
     """In the `ray start` child: a supervisor that dies (even by SIGKILL) takes its Ray with it."""
     if sys.platform.startswith("linux"):
         import ctypes
@@ -314,7 +257,8 @@ def _end_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def _end(head: subprocess.Popen, timeout: float = 60) -> None:
+def end_process(head: subprocess.Popen, timeout: float = 60) -> None:
+    """Terminate a child, and kill it if it has not exited within `timeout` seconds."""
     if head.poll() is None:
         head.terminate()  # `ray start --block` stops the Ray processes it started
         try:
@@ -330,11 +274,11 @@ def _forget(directory: Path) -> None:
 
 
 def _idle_for(directory: Path) -> float:
-    used = _last_used(directory)
+    used = last_used(directory)
     return 0.0 if used is None else time.time() - used
 
 
-def _last_used(directory: Path) -> float | None:
+def last_used(directory: Path) -> float | None:
     try:
         return (directory / "last-used").stat().st_mtime
     except OSError:
@@ -356,7 +300,7 @@ def _locked(path: Path, how: int) -> Iterator[None]:
         yield
 
 
-def _alive(pid: Any) -> bool:
+def alive(pid: Any) -> bool:
     """Whether `pid` runs; a zombie (exited, not yet reaped by whoever adopted it) does not."""
     if not isinstance(pid, int) or pid <= 0:
         return False
