@@ -124,7 +124,10 @@ class Driver:
 
     def _accept(self) -> None:
         while True:
-            conn, _ = self.listener.accept()
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:  # closed: the driver is ending
+                return
             if not self.exiting and self._idle.acquire(blocking=False):
                 self._queue.put(conn)
                 continue
