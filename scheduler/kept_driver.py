@@ -179,6 +179,8 @@ class Driver:
         argv = request.get("argv")
         if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
             return "an unreadable request", None
+        if not isinstance(request.get("terminal", {}), dict):
+            return "an unreadable request", None
         if request.get("environment") != self.document:
             return "another environment", None
         if kept_code.fingerprint(self.search_path) != self.code:
@@ -274,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         log.write("no kept driver: its socket's path would be too long\n")
         return DRIVER_SUPERSEDED
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path.parent, 0o700)  # the socket's folder is the user's alone, whatever the umask
     lock = open(path.with_name("driver.lock"), "a+")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

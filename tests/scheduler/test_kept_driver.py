@@ -141,20 +141,19 @@ def test_the_next_validate_is_served_by_the_kept_driver_in_its_kept_workers(kept
     assert worker_pids(served).isdisjoint(worker_pids(kept.first))
 
 
-def test_a_config_the_driver_cannot_serve_runs_the_ordinary_way(kept: Kept) -> None:
+@pytest.mark.parametrize("ray_settings, why", [
+    ("keep_local_seconds: 0", "the config does not use a kept local Ray"),
+    ("keep_local_seconds: 600, num_cpus: 1", "the config's CPU count is another instance's"),
+])
+def test_a_config_the_driver_cannot_serve_runs_the_ordinary_way(kept: Kept, ray_settings: str, why: str) -> None:
+    """Declined, the command runs in its own process: here it stops at its bad --model before it
+    reaches Ray (a declined command that runs its jobs: test_changed_plugin_code_restarts...)."""
     driver_state(kept)
-    own = kept.root / "own-ray.yaml"
-    own.write_text(kept.config.read_text().replace("keep_local_seconds: 600", "keep_local_seconds: 0"))
-    code, doc, pid = validate(kept, own)
-    assert doc["ray_origin"] == "embedded"
-    assert (code, verdicts(doc)) == (kept.first_code, verdicts(kept.first))
-    assert f"declined pid {pid}: the config does not use a kept local Ray" in kept.driver_log
-    # another CPU count is another instance's Ray: declined, and the command runs (and fails) on its own
-    other = kept.root / "other-cpus.yaml"
-    other.write_text(kept.config.read_text().replace("keep_local_seconds: 600", "keep_local_seconds: 600, num_cpus: 1"))
+    other = kept.root / "other-ray.yaml"
+    other.write_text(kept.config.read_text().replace("keep_local_seconds: 600", ray_settings))
     code, _, err, pid = run(kept, "validate", "-c", str(other), "--model", "nope")
     assert code == 2 and err.startswith("error: --model 'nope': no such model"), err
-    assert f"declined pid {pid}: the config's CPU count is another instance's" in kept.driver_log
+    assert f"declined pid {pid}: {why}" in kept.driver_log
 
 
 def test_changed_plugin_code_restarts_the_driver_and_its_workers(kept: Kept) -> None:
