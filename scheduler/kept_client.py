@@ -58,8 +58,9 @@ def served(argv: list[str]) -> int | None:
     previous = {number: signal.signal(number, forward) for number in (signal.SIGINT, signal.SIGTERM)}
     try:
         sock.settimeout(ANSWER_SECONDS)
-        socket.send_fds(sock, [_line({"protocol": PROTOCOL, "argv": argv, "environment": document,
-                                            "terminal": {k: os.environ[k] for k in TERMINAL if k in os.environ}})], [0, 1, 2])
+        terminal = {k: os.environ[k] for k in TERMINAL if k in os.environ}
+        request = {"protocol": PROTOCOL, "argv": argv, "environment": document, "terminal": terminal}
+        socket.send_fds(sock, [_line(request)], [0, 1, 2])
         answers = sock.makefile("rb")
         first = _read(answers)
         if caught or not (first and first.get("accepted")):
@@ -67,6 +68,8 @@ def served(argv: list[str]) -> int | None:
         sock.settimeout(None)
         sock.sendall(_line({"go": True}))
         committed = True
+        for number in caught:  # since the answer (a stop twice over is one stop)
+            sock.sendall(_line({"signal": signal.Signals(number).name}))
         final = _read(answers)
         if final is None or not isinstance(final.get("exit"), int):
             print(f"error: the kept Ray driver ended before the command did "

@@ -140,11 +140,11 @@ class Driver:
 
     def _handle(self, conn: socket.socket) -> None:
         fds: list[int] = []
+        attachment: Attachment | None = None
         with contextlib.closing(conn):
             try:
                 request, fds = kept_wire.receive(conn)
                 reason, loaded = self._refusal(conn, request, fds)
-                attachment = None
                 if reason is None:
                     attachment = self.shared.attach_running(self.address)
                     reason = None if attachment is not None else "the local Ray is being stopped"
@@ -155,8 +155,7 @@ class Driver:
                 assert attachment is not None
                 answers = conn.makefile("rb")
                 kept_wire.send(conn, {"accepted": True})
-                if kept_wire.message(answers) != {"go": True}:  # the client gave up waiting: it runs the command itself
-                    attachment.release()
+                if kept_wire.message(answers) != {"go": True}:  # the client gave up waiting and runs it itself
                     return
                 started = time.monotonic()
                 code = self._run(conn, answers, request, fds, Served(self.shared, attachment, loaded))
@@ -168,6 +167,8 @@ class Driver:
                     self.log.write(traceback.format_exc())
             finally:
                 kept_wire.close_all(fds)
+                if attachment is not None:
+                    attachment.release()  # a no-op once the command's dispatcher released it
 
     def _refusal(self, conn: socket.socket, request: dict[str, Any], fds: list[int]) -> tuple[str | None, Any]:
         """Why this driver cannot run the request as the command's own process would (None: it can),
@@ -237,7 +238,7 @@ class Driver:
                     code = 3
         finally:
             self.current = None
-            served.attachment.release()  # a no-op where the command's dispatcher released it
+            served.attachment.release()  # before the answer: the supervisor counts idle time from here
             kept_wire.restore_logging(handlers)
         done.set()
         with contextlib.suppress(OSError):

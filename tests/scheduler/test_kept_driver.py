@@ -23,7 +23,7 @@ from tests.e2e.observability import wait_for
 
 pytestmark = pytest.mark.ray
 
-PLUGIN = '''"""onnxruntime under a plugin's name: a module the kept driver's workers import from outside its packages."""
+PLUGIN = '''"""onnxruntime under a plugin's name: a module the kept driver's workers import from elsewhere."""
 from runners.backends.onnxruntime_runner import OnnxRuntimeRunner
 
 
@@ -93,7 +93,8 @@ def worker_pids(doc: dict) -> set[int]:
 
 def variant(kept: Kept, name: str, runner: str, ledger: str | None = None) -> Path:
     """The module's config with its candidates run by a plugin runner."""
-    text = kept.config.read_text().replace("runners: [onnxruntime, torch]", f'runners: [onnxruntime, torch, "{runner}"]')
+    text = kept.config.read_text().replace("runners: [onnxruntime, torch]",
+                                           f'runners: [onnxruntime, torch, "{runner}"]')
     text = text.replace("        runner: onnxruntime", f'        runner: "{runner}"')
     if ledger:
         text = text.replace(str(kept.root / "ledger.db"), str(kept.root / ledger))
