@@ -85,3 +85,22 @@ def unprivileged(argv: list[str]) -> list[str]:
         pytest.skip("running as root and capsh is missing: cannot drop the privilege that ignores file modes")
     quoted = " ".join(f"'{a}'" for a in argv)
     return [capsh, "--drop=cap_dac_override,cap_dac_read_search", "--", "-c", f"exec {quoted}"]
+
+
+def stop_validate(proc: subprocess.Popen, number: int, ledger: Path) -> str:
+    """Send `number` to a running `validate` and check it stopped as the exit-code contract says:
+    exit 3, a last line naming the signal and the ledger, no traceback. Returns its stderr."""
+    import signal
+
+    try:
+        proc.send_signal(number)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 3, stderr
+    last = stderr.strip().splitlines()[-1]
+    name = signal.Signals(number).name
+    assert last.startswith(f"error: validate stopped by {name}: ") and str(ledger) in last, stderr
+    assert "Traceback" not in stderr
+    return stderr

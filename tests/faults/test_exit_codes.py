@@ -20,7 +20,7 @@ from scheduler.planning import plan
 from scheduler.validate import LedgerListener
 from tests.conftest import REPO, demo_config
 from tests.e2e.observability import wait_for
-from tests.faults.support import unprivileged
+from tests.faults.support import stop_validate, unprivileged
 
 
 def cli(*args: str, privileged: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -141,15 +141,10 @@ def test_validate_stopped_by_sigterm_exits_3_and_records_its_jobs_as_cancelled(t
             return []
     try:
         wait_for(lambda: "running" in statuses(), 120, "a job to start")
-        proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 3, stderr
-    last = stderr.strip().splitlines()[-1]
-    assert last.startswith("error: validate stopped by SIGTERM: ") and str(tmp_path / "ledger.db") in last, stderr
-    assert "Traceback" not in stderr
+    except BaseException:
+        proc.kill()
+        raise
+    stop_validate(proc, signal.SIGTERM, tmp_path / "ledger.db")
     assert "cancelled" in statuses() and not {"queued", "running"} & set(statuses())
 
 

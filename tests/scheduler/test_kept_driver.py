@@ -20,6 +20,7 @@ import pytest
 from scheduler import local_ray
 from tests.conftest import REPO, demo_config
 from tests.e2e.observability import wait_for
+from tests.faults.support import stop_validate
 
 pytestmark = pytest.mark.ray
 
@@ -199,16 +200,7 @@ def slow_command(kept: Kept, name: str) -> tuple[subprocess.Popen, Path]:
 def test_sigint_stops_a_served_command_as_it_stops_its_own(kept: Kept) -> None:
     driver_state(kept)
     proc, ledger = slow_command(kept, "interrupted")
-    try:
-        proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 3, stderr
-    last = stderr.strip().splitlines()[-1]
-    assert last.startswith("error: validate stopped by SIGINT: ") and str(ledger) in last, stderr
-    assert "Traceback" not in stderr
+    stop_validate(proc, signal.SIGINT, ledger)
     statuses = {s for s, _ in recorded(ledger)}
     assert "cancelled" in statuses and not {"queued", "running"} & statuses
     assert f"served pid {proc.pid}: validate -c" in kept.driver_log
