@@ -269,7 +269,7 @@ def cmd_local_ray(args: argparse.Namespace) -> int:
 
     found = local_ray.instances()
     for directory, state in found:
-        idle = time.time() - (directory / "last-used").stat().st_mtime
+        idle = time.time() - (local_ray.last_used(directory) or time.time())  # none yet: in use since it started
         driver = kept_driver(directory)
         print(f"{state['address']}  supervisor pid {state['supervisor_pid']}  idle {idle:.0f} s of "
               f"{state['keep_seconds']:g} s  {directory}" + (f"  kept driver pid {driver['pid']}" if driver else ""))
