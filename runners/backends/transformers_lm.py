@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from runners.backends.base import ArtifactError, BackendUnavailable
+from runners.backends.lm_decode import decode_greedy
 from runners.backends.recipes import apply_recipe
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -29,7 +30,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 class Continuations:
     """Greedy outputs: `tokens` padded with the end-of-sequence id; `lengths` count it where it
     was produced (an output cut at max_new_tokens has none). Where generation recorded them, the
-    model's own distribution at every produced position, compactly (`StepRecorder`): its top-K
+    model's own distribution at every produced position, compactly (`lm_decode.top_and_rest`): its top-K
     token ids and log-probabilities and the log of the probability left outside them, rows
     concatenated prompt after prompt (lengths[0] rows for the first prompt, and so on)."""
 
@@ -182,41 +183,25 @@ class CausalLM:
 
     # -- generation -------------------------------------------------------------------------------
     def generate(self, prompts: list[list[int]], caps: list[int], batch_size: int, record_top: int = 0) -> Continuations:
-        """Greedy generation with the KV cache, in left-padded batches of prompts with the same token
-        budget (a batch runs as long as its longest budget). With `record_top` K > 0, the model's
-        distribution at every step is kept as its top-K and the mass outside (Continuations)."""
-        import torch
-
+        """Greedy generation with the KV cache, in left-padded batches of at most `batch_size`
+        prompts, longest budgets first; a row leaves its batch as soon as it ends
+        (runners/backends/lm_decode.py). With `record_top` K > 0, the model's distribution at
+        every step is kept as its top-K and the mass outside (Continuations)."""
         tokens = np.full((len(prompts), max(caps)), self.eos_id, dtype=np.int64)
         lengths = np.zeros(len(prompts), dtype=np.int32)
         recorded: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self.row_steps = 0
         for rows in _batches(caps, batch_size):
-            budget = max(caps[r] for r in rows)
-            width = max(len(prompts[r]) for r in rows)
-            ids = torch.full((len(rows), width), self.eos_id, dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            made = decode_greedy(self.model, [prompts[r] for r in rows], [caps[r] for r in rows], self.eos_id,
+                                 self.device, record_top)
+            self.row_steps += made.row_steps
             for i, r in enumerate(rows):
-                ids[i, width - len(prompts[r]):] = torch.tensor(prompts[r])
-                mask[i, width - len(prompts[r]):] = 1
-            recorder = StepRecorder(record_top) if record_top else None
-            from transformers import LogitsProcessorList
-
-            with torch.inference_mode():
-                out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                                          max_new_tokens=budget, do_sample=False, temperature=None,
-                                          top_p=None, top_k=None, pad_token_id=self.eos_id,
-                                          eos_token_id=self.eos_id,
-                                          logits_processor=LogitsProcessorList([recorder] if recorder else []))
-            new = out[:, width:].cpu().numpy()
-            steps = recorder.arrays() if recorder else None
-            for i, r in enumerate(rows):
-                row = new[i][:caps[r]]
-                stops = np.flatnonzero(row == self.eos_id)
-                length = int(stops[0]) + 1 if len(stops) else len(row)
-                tokens[r, :length] = row[:length]
+                length = int(made.lengths[i])
+                tokens[r, :length] = made.tokens[i, :length]
                 lengths[r] = length
-                if steps is not None:
-                    recorded[r] = tuple(a[i, :length] for a in steps)  # type: ignore[assignment]
+                if record_top:
+                    recorded[r] = (made.top_ids[i, :length], made.top_logp[i, :length],  # type: ignore[index]
+                                   made.rest_logp[i, :length])  # type: ignore[index]
         if not record_top:
             return Continuations(tokens, lengths)
         ordered = [recorded[r] for r in range(len(prompts))]
@@ -367,37 +352,9 @@ def _kl_over_recorded(steps: Continuations, span: slice, cand: Any, chunk: int =
     return np.concatenate(out)
 
 
-class StepRecorder:
-    """A logits processor that keeps, at every generation step, the top-K log-probabilities of
-    each row and the log of the probability outside them, and changes nothing: full-vocabulary
-    logits are never kept past their step."""
-
-    def __init__(self, k: int) -> None:
-        self.k = k
-        self.steps: list[tuple[Any, Any, Any]] = []
-
-    def __call__(self, input_ids: Any, scores: Any) -> Any:
-        import torch
-
-        log_probs = torch.log_softmax(scores.float(), dim=-1)
-        top = log_probs.topk(min(self.k, log_probs.shape[-1]), dim=-1)
-        rest = torch.logsumexp(log_probs.scatter(1, top.indices, float("-inf")), dim=-1)
-        self.steps.append((top.indices.cpu(), top.values.cpu(), rest.cpu()))
-        return scores
-
-    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(rows, steps, K) ids, (rows, steps, K) log-probabilities, (rows, steps) rest."""
-        import torch
-
-        return (torch.stack([s[0] for s in self.steps], 1).numpy().astype(np.int32),
-                torch.stack([s[1] for s in self.steps], 1).numpy().astype(np.float32),
-                torch.stack([s[2] for s in self.steps], 1).numpy().astype(np.float32))
-
-
 def _batches(caps: list[int], batch_size: int) -> list[list[int]]:
-    """Row indices in batches of one token budget each, in the prompts file's order."""
-    out: list[list[int]] = []
-    for budget in sorted(set(caps)):
-        rows = [r for r, cap in enumerate(caps) if cap == budget]
-        out += [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
-    return out
+    """Row indices in batches of at most `batch_size`, the longest budgets first (in the prompts
+    file's order among equal budgets): rows that run long share their batch, and the short ones
+    that join them leave it early."""
+    order = sorted(range(len(caps)), key=lambda r: -caps[r])
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]

@@ -13,27 +13,10 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from runners.backends.transformers_lm import (CausalLM, Continuations, StepRecorder, _forced_groups,  # noqa: E402
+from runners.backends.lm_decode import top_and_rest  # noqa: E402
+from tests.runners.tiny_llm import VOCAB, tiny_model  # noqa: E402
+from runners.backends.transformers_lm import (CausalLM, Continuations, _forced_groups,  # noqa: E402
                                               _keeps_masked_positions, _kl_over_recorded, compare_forced)
-
-VOCAB = 96
-
-
-def tiny_model(folder: Path, seed: int) -> Path:
-    """A two-layer Llama with a word-level tokenizer, saved as save_pretrained does."""
-    from tokenizers import Tokenizer, models
-
-    torch.manual_seed(seed)
-    config = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                                      eos_token_id=1, bos_token_id=0, pad_token_id=1)
-    transformers.LlamaForCausalLM(config).save_pretrained(folder)
-    vocabulary = {f"t{i}": i for i in range(VOCAB)}
-    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocabulary, "t0")),
-                                                     eos_token="t1")
-    tokenizer.save_pretrained(folder)
-    return folder
-
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory: pytest.TempPathFactory):
@@ -101,11 +84,9 @@ def test_the_recorded_comparison_is_the_same_however_prompts_are_grouped(pair) -
     base, cand = pair
     prompts, made = inputs(2)
     # The baseline's distribution as generation would record it: top 8 and the rest, per position.
-    recorder = StepRecorder(8)
-    for b in alone(base, prompts, made):
-        for row in ([] if b is None else b):
-            recorder(None, row[None, :])
-    ids, logp, rest = (a[0] for a in recorder.arrays())
+    rows = torch.cat([b for b in alone(base, prompts, made) if b is not None])
+    ids, logp, rest = (t.numpy() for t in top_and_rest(rows, 8))
+    ids = ids.astype(np.int32)
     steps = Continuations(made.tokens, made.lengths, ids, logp, rest)
     grouped = compare_forced(base, cand, prompts, steps, positions=24, max_rows=3)
     single = compare_forced(base, cand, prompts, steps, positions=1, max_rows=1)

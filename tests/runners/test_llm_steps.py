@@ -9,17 +9,15 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from runners.backends.transformers_lm import Continuations, StepRecorder, _kl_over_recorded  # noqa: E402
+from runners.backends.lm_decode import top_and_rest  # noqa: E402
+from runners.backends.transformers_lm import Continuations, _kl_over_recorded  # noqa: E402
 
 
 def recorded(base_logits, k: int) -> Continuations:
     """What generation keeps of these per-step logits (one prompt, one row per step)."""
-    recorder = StepRecorder(k)
-    for step in base_logits:
-        assert recorder(None, step[None, :]) is not None
-    ids, logp, rest = recorder.arrays()
+    ids, logp, rest = (t.numpy() for t in top_and_rest(base_logits, k))
     return Continuations(np.zeros((1, len(base_logits)), np.int64), np.array([len(base_logits)], np.int32),
-                         ids[0], logp[0], rest[0])
+                         ids.astype(np.int32), logp, rest)
 
 
 def full_kl(base_logits, cand_logits) -> np.ndarray:

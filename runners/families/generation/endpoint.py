@@ -117,9 +117,9 @@ def _local_generate(spec: JobSpec, side: _Side, ids: list[list[int]], caps: list
     the cache's provenance record for a baseline."""
     from runners.backends.transformers_lm import Continuations
     from runners.baseline_cache import BaselineCache, baseline_key
-    from runners.families.generation.lm import RECORD_TOP, _arrays, _texts
+    from runners.families.generation.lm import RECORD_TOP, _arrays, _texts, batch_size
 
-    batch = int(spec.runner_options.get("transformers", {}).get("batch_size") or 8)
+    batch = batch_size(spec)
     record = None
     if side.role == "baseline":
         key = baseline_key("lm_generation", spec, provenance, _local_options(spec, {}), batch, settings)

@@ -21,6 +21,13 @@ from runners.families.generation.evaluate import GenerationSettings, judge_texts
 from runners.families.generation.prompts import load_prompts
 
 RUNNER = "transformers"
+# Rows generated in one batch unless the target's transformers options say otherwise. Rows leave
+# their batch as they end, so a wide batch costs memory (the KV cache), not wasted steps.
+DEFAULT_BATCH_SIZE = 32
+
+
+def batch_size(spec: JobSpec) -> int:
+    return int(spec.runner_options.get(RUNNER, {}).get("batch_size") or DEFAULT_BATCH_SIZE)
 
 
 def _options(spec: JobSpec, quantization: dict[str, Any]) -> dict[str, Any]:
@@ -62,7 +69,7 @@ def run_lm_generation(spec: JobSpec, settings: GenerationSettings,
                                  f"models.{spec.model}.candidates.{spec.candidate}.quantization")
     prompts = load_prompts(spec.suite.data, spec.suite.slices)
     texts = [p.text for p in prompts.prompts]
-    batch = int(spec.runner_options.get(RUNNER, {}).get("batch_size") or 8)
+    batch = batch_size(spec)
     # A recipe candidate is the baseline's own folder: its tokenizer is the baseline's, loaded once.
     same_files = Path(spec.candidate_artifact.path).resolve() == Path(spec.baseline.path).resolve()
     # The baseline's weights load only if its outputs are not in the cache (lazy).
