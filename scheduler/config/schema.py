@@ -67,7 +67,7 @@ class TransformersOptions(Strict):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: str = Field(default="cpu", pattern=r"^(cpu|cuda(:\d+)?)$")
     threads: int | None = Field(default=None, ge=1, le=1024)
-    batch_size: int = Field(default=8, ge=1, le=4096)  # prompts generated together
+    batch_size: int = Field(default=32, ge=1, le=4096)  # prompts generated together (rows leave as they end)
 
 
 class RunnerOptions(Strict):

@@ -21,8 +21,8 @@ from runners.families.generation.evaluate import GenerationSettings, judge_texts
 from runners.families.generation.prompts import load_prompts
 
 RUNNER = "transformers"
-# Rows generated in one batch unless the target's transformers options say otherwise. Rows leave
-# their batch as they end, so a wide batch costs memory (the KV cache), not wasted steps.
+# Rows generated in one batch where a job names no batch size (the config schema's default too).
+# Rows leave their batch as they end, so a wide batch costs memory (the KV cache), not wasted steps.
 DEFAULT_BATCH_SIZE = 32
 
 
