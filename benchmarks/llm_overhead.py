@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 
 TARGET, MEMORY_TARGET = 1.15, 1.2
 RECIPE = "torchao-int8-weight-only"
-BATCH = 8
+BATCH = 8  # the plain script's batches: up to 8 prompts of one token budget (each budget's rows fit one)
 
 
 def _prompts(demo: Path, max_new: int) -> tuple[list[str], list[int]]:
@@ -68,16 +68,24 @@ def chat_rendered(tokenizer, texts: list[str]) -> list[str]:
                                           add_generation_prompt=True) for t in texts]
 
 
+def same_budget_batches(caps: list[int], batch_size: int) -> list[list[int]]:
+    """Row indices in batches of one token budget each, in the prompts file's order: how a script
+    batches for `generate`, which runs a batch until its longest row ends."""
+    out: list[list[int]] = []
+    for budget in sorted(set(caps)):
+        rows = [r for r, cap in enumerate(caps) if cap == budget]
+        out += [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
+    return out
+
+
 def plain_generate(model, tokenizer, rendered: list[str], caps: list[int], batch_size: int) -> int:
     """A plain script's generation: left-padded batches of prompts with one token budget each,
     greedy `generate` with the KV cache, outputs decoded. Returns the tokens generated, counted as
     the harness counts them (up to and including the end of sequence). Shared with sweep_cost.py."""
     import torch
 
-    from runners.backends.transformers_lm import _batches
-
     tokens = 0
-    for rows in _batches(caps, batch_size):
+    for rows in same_budget_batches(caps, batch_size):
         batch = tokenizer([rendered[r] for r in rows], return_tensors="pt", padding=True, add_special_tokens=False)
         with torch.inference_mode():
             out = model.generate(**batch, max_new_tokens=max(caps[r] for r in rows), do_sample=False,
@@ -104,7 +112,7 @@ def harness(demo: Path, max_new: int) -> dict:
                       min_slice_size=4, generation={"max_new_tokens": max_new, "stop": None})
     spec = JobSpec("bench", "local", "smollm2", RECIPE, ArtifactSpec(folder, "transformers"),
                    ArtifactSpec(folder, "transformers", {"method": "recipe", "weight_bits": 8, "recipe": RECIPE}),
-                   suite, batch_size=1024, runner_options={"transformers": {"batch_size": BATCH}})
+                   suite, batch_size=1024)  # the transformers runner's own generation batches
     result = run_job(spec)
     seconds = time.perf_counter() - started
     assert result.status == "finished", result.error

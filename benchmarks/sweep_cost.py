@@ -153,7 +153,7 @@ def measure(name: str, base: Path, data: Path, slices: tuple[str, ...], cands: l
 # The LLM case: the demo's SmolLM2-135M-Instruct and the recipes applied at load, cycled to make
 # eight candidates (runners/backends/recipes.py has three), each its own job with its own name.
 LLM_CASE = "smollm2-135m-recipes"
-LLM_BATCH = 8  # the transformers runner's default generation batch
+LLM_BATCH = 8  # the plain script's batches (llm_overhead.py); the harness uses the runner's default
 # Sized for about 5 minutes per round of N = 1, 4, 8 on 2 quiet cores (estimated from llm_overhead's
 # tokens/s, not measured): 8 prompts, two batches (16 and 48 new tokens) per model pass.
 LLM_PER_CATEGORY, LLM_MAX_NEW = 2, 48
@@ -187,8 +187,7 @@ def llm_specs(folder: Path, prompts: Path, max_new: int, min_slice: int, n: int)
     for i, recipe in enumerate(llm_recipes(n)):
         declared = {**LLM_DECLARED.get(recipe, {"method": "recipe"}), "recipe": recipe}
         candidate = ArtifactSpec(str(folder), "transformers", declared)
-        specs.append(JobSpec(f"llm-job-{i}", "local", "smollm2", f"{recipe}-{i}", baseline, candidate, suite,
-                             runner_options={"transformers": {"batch_size": LLM_BATCH}}))
+        specs.append(JobSpec(f"llm-job-{i}", "local", "smollm2", f"{recipe}-{i}", baseline, candidate, suite))
     return specs
 
 
