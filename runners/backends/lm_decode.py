@@ -61,11 +61,6 @@ def decode_greedy(model: Any, prompts: list[list[int]], budgets: list[int], eos_
     positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
 
     out = DecodedBatch(np.full((rows, longest), eos_id, np.int64), np.zeros(rows, np.int32))
-    if record_top:
-        k = min(record_top, int(model.config.vocab_size))
-        out.top_ids = np.zeros((rows, longest, k), np.int32)
-        out.top_logp = np.zeros((rows, longest, k), np.float32)
-        out.rest_logp = np.zeros((rows, longest), np.float32)
     budget = torch.tensor(budgets, dtype=torch.long)
     active = torch.arange(rows)  # which of the batch's rows each cache row holds
     cache = DynamicCache(config=model.config)
@@ -73,7 +68,8 @@ def decode_greedy(model: Any, prompts: list[list[int]], budgets: list[int], eos_
     step_inputs = {"input_ids": ids, "position_ids": positions}
     with torch.inference_mode():
         for step in range(longest):
-            logits = model(**step_inputs, attention_mask=mask, use_cache=True, logits_to_keep=1, **{cache_arg: cache}).logits
+            logits = model(**step_inputs, attention_mask=mask, use_cache=True, logits_to_keep=1,
+                           **{cache_arg: cache}).logits
             scores = logits[:, -1, :].float()
             out.row_steps += len(active)
             chosen = scores.argmax(dim=-1)
@@ -82,20 +78,32 @@ def decode_greedy(model: Any, prompts: list[list[int]], budgets: list[int], eos_
             out.tokens[where, step] = picked
             out.lengths[where] = step + 1
             if record_top:
-                top_ids, top_logp, rest = (t.cpu().numpy() for t in top_and_rest(scores, record_top))
-                out.top_ids[where, step], out.top_logp[where, step], out.rest_logp[where, step] = top_ids, top_logp, rest
+                _record(out, where, step, longest, top_and_rest(scores, record_top))
             going = torch.from_numpy(picked != eos_id) & (budget[active] > step + 1)
             if not bool(going.any()):
                 break
             if not bool(going.all()):  # retire the ended rows from the batch and the cache
                 keep = torch.nonzero(going).squeeze(1)
-                cache.batch_select_indices(keep.to(device))
-                active, chosen, mask = active[keep], chosen[keep.to(device)], mask[keep.to(device)]
-                positions = positions[keep.to(device)]
+                on_device = keep.to(device)
+                cache.batch_select_indices(on_device)
+                active, chosen = active[keep], chosen[on_device]
+                mask, positions = mask[on_device], positions[on_device]
             mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=-1)
             positions = positions[:, -1:] + 1
             step_inputs = {"input_ids": chosen[:, None], "position_ids": positions}
     return out
+
+
+def _record(out: DecodedBatch, where: np.ndarray, step: int, longest: int, record: tuple[Any, Any, Any]) -> None:
+    """Keep one step's top-K record of the rows in `where` (the arrays sized at the first step, by
+    the K the scores allow)."""
+    top_ids, top_logp, rest = (t.cpu().numpy() for t in record)
+    if out.top_ids is None:
+        rows, k = len(out.lengths), top_ids.shape[1]
+        out.top_ids = np.zeros((rows, longest, k), np.int32)
+        out.top_logp = np.zeros((rows, longest, k), np.float32)
+        out.rest_logp = np.zeros((rows, longest), np.float32)
+    out.top_ids[where, step], out.top_logp[where, step], out.rest_logp[where, step] = top_ids, top_logp, rest
 
 
 def _cache_argument(model: Any) -> str:

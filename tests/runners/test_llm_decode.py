@@ -35,10 +35,11 @@ def prompts_and_budgets(seed: int = 0) -> tuple[list[list[int]], list[int]]:
 def generate_alone(lm: CausalLM, prompt: list[int], budget: int) -> tuple[list[int], torch.Tensor]:
     """transformers' own greedy generation of one prompt (no padding), cut after the end token,
     and the scores of each step."""
+    ids = torch.tensor([prompt])
     with torch.inference_mode():
-        out = lm.model.generate(input_ids=torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                                max_new_tokens=budget, do_sample=False, temperature=None, top_p=None, top_k=None,
-                                pad_token_id=EOS, eos_token_id=EOS, output_scores=True, return_dict_in_generate=True)
+        out = lm.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=budget,
+                                do_sample=False, temperature=None, top_p=None, top_k=None, pad_token_id=EOS,
+                                eos_token_id=EOS, output_scores=True, return_dict_in_generate=True)
     new = out.sequences[0, len(prompt):].tolist()
     if EOS in new:
         new = new[:new.index(EOS) + 1]
