@@ -7,7 +7,7 @@ end at different points, so a batch here mixes budgets and shrinks as rows end: 
 about the tokens actually produced. The steps are `generate`'s greedy ones (left padding,
 positions from the attention mask, float32 scores, argmax), in a loop of our own.
 
-torch is imported by the caller (runners/backends/transformers_lm.py); nothing here loads it.
+torch and transformers are imported inside the functions: importing this module loads neither.
 """
 
 from __future__ import annotations

@@ -190,11 +190,9 @@ class CausalLM:
         tokens = np.full((len(prompts), max(caps)), self.eos_id, dtype=np.int64)
         lengths = np.zeros(len(prompts), dtype=np.int32)
         recorded: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-        self.row_steps = 0
         for rows in _batches(caps, batch_size):
             made = decode_greedy(self.model, [prompts[r] for r in rows], [caps[r] for r in rows], self.eos_id,
                                  self.device, record_top)
-            self.row_steps += made.row_steps
             for i, r in enumerate(rows):
                 length = int(made.lengths[i])
                 tokens[r, :length] = made.tokens[i, :length]
